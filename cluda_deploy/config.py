@@ -1,0 +1,295 @@
+"""Typed configuration: one strict tree of dataclasses, named presets, ``--set key=value`` overrides.
+
+Every number from a paper is a named field here with the paper's default. Unknown keys raise.
+The resolved config is stored in every checkpoint and rebuilt with :func:`config_from_dict`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class ModelConfig:
+    """Segmenter architecture (DESIGN.md 'Segmenter')."""
+
+    backbone: str = "mit_b5"  # mit_b0..mit_b5, mit_tiny (demo), resnet101
+    head: str = "daformer"  # daformer | segformer | deeplabv2
+    num_classes: int = 19
+    # DAFormer: per-level embedding width (256 DAFormer/HRDA, 512 CLUDA) and fused map width.
+    embed_dim: int = 256
+    fusion_channels: int = 256
+    aspp_dilations: tuple[int, ...] = (1, 6, 12, 18)
+    dropout: float = 0.1
+    # MiT: stochastic depth and the reference LayerNorm epsilon (mmseg MiT uses 1e-6).
+    drop_path_rate: float = 0.1
+    layer_norm_eps: float = 1e-6
+    # None = random init; a Hugging Face id ('nvidia/mit-b5') or local directory for MiT;
+    # 'imagenet' for torchvision's ResNet-101 weights.
+    pretrained: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Datasets and the DAFormer data pipeline (research/cluda.md section 2.1)."""
+
+    source: str = "gta"  # gta | synthia | cityscapes | demo-source
+    target: str = "cityscapes"  # cityscapes | folder | demo-target
+    root: str = "data"  # <root>/<dataset dir>; or the explicit roots below
+    source_root: str | None = None
+    target_root: str | None = None
+    source_scale: tuple[int, int] = (1280, 720)  # (long, short) keep-ratio resize, mmcv style
+    target_scale: tuple[int, int] = (1024, 512)
+    crop_size: tuple[int, int] = (512, 512)  # (h, w)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    batch_size: int = 2  # per domain
+    workers: int = 4
+    val_split: str = "val"
+    val_max_images: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with head x10 and poly decay after a linear warm-up (research/cluda.md 2.9)."""
+
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    method: str = "source-only"
+    iters: int = 40000
+    seed: int = 0
+    eval_interval: int = 4000
+    checkpoint_interval: int = 4000
+    log_interval: int = 50
+    image_log_interval: int = 1000
+    amp: str = "bf16"  # bf16 | fp16 | off (only used on CUDA)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class EvalConfig:
+    """Test-time inference (research/cluda.md 2.10)."""
+
+    mode: str = "whole"  # whole | slide
+    scale: tuple[int, int] | None = (1024, 512)  # keep-ratio resize before inference; None = native
+    crop_size: tuple[int, int] = (1024, 1024)  # slide window (h, w)
+    stride: tuple[int, int] = (512, 512)
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not exist or does not parse."""
+
+
+# --------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, Callable[[], Config]] = {}
+
+
+def register_preset(name: str):
+    def wrap(fn: Callable[[], Config]) -> Callable[[], Config]:
+        PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_preset("daformer-mitb5")
+def _daformer_mitb5() -> Config:
+    """DAFormer on MiT-B5, GTA5 -> Cityscapes at 512x512 crops."""
+    return Config(preset="daformer-mitb5")
+
+
+@register_preset("daformer-mitb5-synthia")
+def _daformer_mitb5_synthia() -> Config:
+    cfg = Config(preset="daformer-mitb5-synthia")
+    cfg.data.source = "synthia"
+    cfg.data.source_scale = (1280, 760)
+    return cfg
+
+
+@register_preset("dlv2-r101")
+def _dlv2_r101() -> Config:
+    """DeepLabV2 / ResNet-101 (ImageNet weights when available)."""
+    cfg = Config(preset="dlv2-r101")
+    cfg.model = ModelConfig(backbone="resnet101", head="deeplabv2", pretrained="imagenet")
+    return cfg
+
+
+@register_preset("demo")
+def _demo() -> Config:
+    """Tiny model on the procedural demo domains: a few minutes on a laptop CPU."""
+    cfg = Config(preset="demo")
+    cfg.model = ModelConfig(
+        backbone="mit_tiny", head="daformer", embed_dim=64, fusion_channels=64,
+        aspp_dilations=(1, 3, 6, 9), drop_path_rate=0.0,
+    )  # fmt: skip
+    cfg.data = DataConfig(
+        source="demo-source", target="demo-target", root="data/demo",
+        source_scale=(320, 180), target_scale=(256, 128), crop_size=(128, 128),
+        batch_size=4, workers=0, val_max_images=None,
+    )  # fmt: skip
+    cfg.optim = OptimConfig(lr=6e-4, warmup_iters=50)
+    cfg.train = TrainConfig(
+        iters=400, seed=0, eval_interval=200, checkpoint_interval=200, log_interval=20,
+        image_log_interval=200, amp="off",
+    )  # fmt: skip
+    cfg.eval = EvalConfig(mode="whole", scale=None)
+    return cfg
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    return PRESETS[name]()
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (parsed Python literal or raw string) to the annotated field type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: cannot use {value!r} ({'; '.join(errors)})")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a tuple, got {value!r}")
+        item = args[0] if args else str
+        return tuple(_coerce(v, item, key) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation in (int, float):
+        try:
+            out = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and out != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return out
+    if annotation is str:
+        if not isinstance(value, str):
+            return str(value)
+        return value
+    return value
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """Apply one ``section.key=value`` override in place; unknown keys raise and list the known ones."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        hints = _field_types(node)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "config"
+            raise ConfigError(f"unknown key {key!r}: {where} has {', '.join(sorted(hints))}")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(node, part)):
+                raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.<name>=...")
+            setattr(node, part, _coerce(_parse_literal(raw.strip()), hints[part], key))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])!r} is not a section")
+
+
+def _build(cls: type, data: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {path or 'config'}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, annotation in hints.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value, f"{path}.{name}".strip("."))
+        else:
+            kwargs[name] = _coerce(value, annotation, f"{path}.{name}".strip("."))
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (strict)."""
+    return _build(Config, data, "")
+
+
+def resolve_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    cfg = get_preset(preset)
+    for assignment in overrides:
+        apply_override(cfg, assignment)
+    return cfg

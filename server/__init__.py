@@ -1,0 +1,1 @@
+"""server stage of cluda-deploy."""
