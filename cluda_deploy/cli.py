@@ -1,0 +1,279 @@
+"""The ``cluda`` command line. Stages are imported inside their subcommands so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+# Errors a user can fix; shown as one line instead of a traceback.
+_USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError, KeyError)
+
+
+def friendly_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except _USER_ERRORS as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"{type(exc).__name__}: {message}") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cluda-deploy")
+def main() -> None:
+    """cluda-deploy: adapt a segmenter from synthetic to real driving images, export it, serve it.
+
+    \b
+    Typical flow:
+      cluda data prepare gta --root data/gta        # convert labels, class statistics
+      cluda data check --source gta --target cityscapes --data-root data
+      cluda adapt --source gta --target cityscapes --data-root data
+      cluda evaluate --checkpoint runs/adapt/checkpoints/best.pt --dataset cityscapes
+      cluda predict --checkpoint runs/adapt/checkpoints/best.pt frames/ --out preds/
+    Try it without any dataset:  cluda demo
+    """
+
+
+# --------------------------------------------------------------------------- adapt
+
+
+def _default_preset(source: str | None, target: str | None) -> str:
+    if source in ("demo-source",) or target in ("demo-target",):
+        return "demo"
+    return "daformer-mitb5-synthia" if source == "synthia" else "daformer-mitb5"
+
+
+@main.command()
+@click.option("--preset", default=None, help="Named config (see 'cluda presets'). Default: "
+              "daformer-mitb5, or daformer-mitb5-synthia for --source synthia.")
+@click.option("--method", default=None, help="UDA method (default: the preset's). Known: source-only.")
+@click.option("--source", default=None, help="Source dataset: gta | synthia (| demo-source).")
+@click.option("--target", default=None, help="Target dataset: cityscapes | folder (| demo-target).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding gta/, synthia/, cityscapes/ (default: the preset's, 'data').")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Where checkpoints, TensorBoard logs and eval JSON go (default runs/<preset>-<method>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set train.iters=500 --set data.crop_size=512x512.")
+@click.option("--iters", type=int, default=None, help="Shortcut for --set train.iters=N.")
+@click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
+@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None,
+              help="Continue a run: bare --resume uses <run-dir>/checkpoints/latest.pt, or give a path.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def adapt(preset, method, source, target, data_root, run_dir, overrides, iters, seed, device, resume,
+          dry_run, quiet):
+    """Train a segmenter on labelled SOURCE images and adapt it to unlabelled TARGET images.
+
+    Writes RUN_DIR/config.json, RUN_DIR/checkpoints/{latest,best}.pt, RUN_DIR/eval/*.json and
+    TensorBoard logs (tensorboard --logdir RUN_DIR). Ctrl-C saves latest.pt; --resume continues
+    exactly where it stopped.
+    """
+    from cluda_deploy.config import resolve_config
+
+    sets = list(overrides)
+    for key, value in (("train.method", method), ("data.source", source), ("data.target", target),
+                       ("data.root", data_root), ("train.iters", iters), ("train.seed", seed),
+                       ("train.device", device)):
+        if value is not None:
+            sets.insert(0, f"{key}={value}")
+    cfg = resolve_config(preset or _default_preset(source, target), sets)
+    click.echo(cfg.to_json())
+    if dry_run:
+        return
+    from training.loop import adapt as run_adapt
+
+    run_dir = Path(run_dir or f"runs/{cfg.preset}-{cfg.train.method}")
+    resume_arg = True if resume == "latest" else (resume or False)
+    result = run_adapt(cfg, run_dir, resume=resume_arg, progress=not quiet)
+    miou = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
+    click.echo(f"done: {result.iterations} iterations, best target mIoU {miou}; "
+               f"checkpoints in {run_dir / 'checkpoints'}")
+    if result.interrupted:
+        sys.exit(130)
+
+
+# --------------------------------------------------------------------------- evaluate / predict
+
+
+@main.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+              help="A checkpoint written by 'cluda adapt' (or 'cluda import').")
+@click.option("--dataset", default="cityscapes", show_default=True,
+              help="cityscapes | gta | synthia | demo-target | demo-source.")
+@click.option("--split", default=None,
+              help="Split: val for Cityscapes-style datasets, train for GTA5/Synthia (the default).")
+@click.option("--data-root", type=click.Path(file_okay=False), default="data", show_default=True,
+              help="Folder holding the dataset folder (gta/, synthia/, cityscapes/).")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="The dataset folder itself (overrides --data-root).")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), default=None,
+              help="Whole-image or sliding-window inference (default: the checkpoint's).")
+@click.option("--scale", default=None, metavar="LONGxSHORT|native",
+              help="Keep-ratio test resize, e.g. 1024x512 (default: the checkpoint's).")
+@click.option("--max-images", type=int, default=None, help="Evaluate only the first N images.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the scores here (default: next to the checkpoint, eval_<dataset>_<split>.json).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@friendly_errors
+def evaluate(checkpoint, dataset, split, data_root, root, mode, scale, max_images, json_out, device, quiet):
+    """Per-class IoU and mIoU of a checkpoint on a labelled split (mIoU16/13 for Synthia models)."""
+    from cluda_deploy.checkpoint import load_segmenter
+    from cluda_deploy.data import create_dataset, default_root
+    from cluda_deploy.evaluate import evaluate_pairs
+    from cluda_deploy.inference import pick_device
+
+    dev = pick_device(device)
+    model, info = load_segmenter(checkpoint, dev)
+    eval_cfg = _eval_config(info.config.eval, mode, scale)
+    split = split or ("val" if dataset in ("cityscapes", "demo-target") else "train")
+    ds = create_dataset(dataset, root or default_root(dataset, data_root), split=split)
+    pairs = ds.labelled_pairs()[:max_images] if max_images else ds.labelled_pairs()
+    scores = evaluate_pairs(model, pairs, eval_cfg, info.label_space, info.mean, info.std, dev,
+                            progress=not quiet)
+    click.echo(scores.table())
+    out = Path(json_out) if json_out else Path(checkpoint).with_name(f"eval_{dataset}_{split}.json")
+    record = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split,
+              "mode": eval_cfg.mode, "scale": eval_cfg.scale, **scores.to_dict()}
+    out.write_text(json.dumps(record, indent=2))
+    click.echo(f"scores written to {out}")
+
+
+def _eval_config(base, mode, scale):
+    import dataclasses
+
+    from cluda_deploy.config import ConfigError, _coerce
+
+    cfg = dataclasses.replace(base)
+    if mode:
+        cfg.mode = mode
+    if scale:
+        if scale == "native":
+            cfg.scale = None
+        else:
+            try:
+                cfg.scale = _coerce(scale, tuple[int, ...], "--scale")
+            except ConfigError as exc:
+                raise click.BadParameter(str(exc)) from None
+            if len(cfg.scale) != 2:
+                raise click.BadParameter("--scale takes LONGxSHORT, e.g. 1024x512, or 'native'")
+    return cfg
+
+
+@main.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output folder for <name>_labelTrainIds.png and <name>_overlay.png.")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), default=None)
+@click.option("--scale", default=None, metavar="LONGxSHORT|native")
+@click.option("--device", default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@friendly_errors
+def predict(checkpoint, inputs, out, mode, scale, device, quiet):
+    """Segment images (files or folders, any size): train-id PNGs plus Cityscapes-coloured overlays."""
+    from cluda_deploy.checkpoint import load_segmenter
+    from cluda_deploy.inference import pick_device
+    from cluda_deploy.predict import collect_images, predict_images
+
+    images = collect_images(inputs)
+    dev = pick_device(device)
+    model, info = load_segmenter(checkpoint, dev)
+    eval_cfg = _eval_config(info.config.eval, mode, scale)
+    written = predict_images(model, images, Path(out), eval_cfg, info.label_space, info.mean,
+                             info.std, dev, progress=not quiet)
+    (Path(out) / "predictions.json").write_text(json.dumps(written, indent=2))
+    click.echo(f"wrote {len(written)} label maps and overlays to {out}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@main.group()
+def data() -> None:
+    """Prepare and check datasets (GTA5, Synthia, Cityscapes, the demo domains)."""
+
+
+@data.command("prepare")
+@click.argument("dataset", type=click.Choice(["gta", "synthia", "cityscapes"]))
+@click.option("--root", required=True, type=click.Path(file_okay=False),
+              help="The dataset folder, e.g. data/gta.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Worker processes.")
+@friendly_errors
+def data_prepare(dataset, root, workers):
+    """Convert labels to *_labelTrainIds.png and write rare-class-sampling statistics."""
+    from cluda_deploy.data import prepare_dataset
+
+    report = prepare_dataset(dataset, root, workers=workers, progress=True)
+    click.echo(json.dumps(report, indent=2, default=str))
+
+
+@data.command("check")
+@click.option("--source", default="gta", show_default=True)
+@click.option("--target", default="cityscapes", show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False), default="data", show_default=True)
+@friendly_errors
+def data_check(source, target, data_root):
+    """Report what is present and missing, and the command that fixes each gap."""
+    from cluda_deploy.data import check_datasets, format_check_report
+
+    items = check_datasets(source, target, data_root)
+    click.echo(format_check_report(items))
+    if not all(item.ok for item in items):
+        sys.exit(1)
+
+
+@data.command("demo")
+@click.option("--root", type=click.Path(file_okay=False), default="data/demo", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def data_demo(root, seed):
+    """Generate the procedural demo domains (GTA-style source, Cityscapes-style target)."""
+    from cluda_deploy.data import generate_demo_domains
+
+    click.echo(json.dumps(generate_demo_domains(root, seed=seed), indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- misc
+
+
+@main.command()
+def presets() -> None:
+    """List the named configs for --preset."""
+    from cluda_deploy.config import PRESETS
+
+    for name in sorted(PRESETS):
+        doc = (PRESETS[name].__doc__ or "").strip().splitlines()
+        click.echo(f"{name:<28} {doc[0] if doc else ''}")
+
+
+@main.command()
+@click.option("--data-root", type=click.Path(file_okay=False), default="data/demo", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--method", default=None, help="UDA method (default: the demo preset's).")
+@click.option("--iters", type=int, default=None, help="Training iterations (default: the preset's).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("-q", "--quiet", is_flag=True)
+@friendly_errors
+def demo(data_root, out, method, iters, overrides, quiet):
+    """The whole flow on the built-in demo domains: generate, adapt, evaluate, predict."""
+    from cluda_deploy.demo_flow import run_demo
+
+    run_demo(Path(data_root), Path(out), method=method, iters=iters, overrides=list(overrides),
+             progress=not quiet, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

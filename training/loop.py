@@ -1,0 +1,252 @@
+"""``cluda adapt``: the UDA training loop, readable top to bottom.
+
+config -> datasets -> student (and teacher) -> optimizer -> loop {losses, backward, step,
+log, evaluate, checkpoint} -> final checkpoint. The method (training/methods) computes the loss
+terms of a step; everything else lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cluda_deploy.checkpoint import atomic_save, build_checkpoint, read_checkpoint
+from cluda_deploy.config import IMAGENET_MEAN, IMAGENET_STD, Config
+from cluda_deploy.evaluate import evaluate_pairs
+from cluda_deploy.inference import pick_device
+from cluda_deploy.labels import label_space_for_source
+from cluda_deploy.models import create_segmenter
+from training.feed import build_step_loader, validation_pairs
+from training.methods import StepBatch, create_method
+from training.optim import build_optimizer, build_scheduler
+from training.visualize import log_images
+
+log = logging.getLogger("cluda.adapt")
+
+
+@dataclass
+class AdaptResult:
+    run_dir: Path
+    latest: Path
+    best: Path | None
+    iterations: int
+    best_miou: float | None
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_tensors(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_tensors(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16 (default) or fp16 autocast on CUDA; nothing on CPU or with amp='off'."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _resolve_resume(run_dir: Path, resume: bool | str | Path) -> Path | None:
+    if not resume:
+        return None
+    path = run_dir / "checkpoints" / "latest.pt" if resume is True else Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {path} does not exist; start without --resume or pass the run "
+            "directory that holds checkpoints/latest.pt"
+        )
+    return path
+
+
+def adapt(
+    cfg: Config, run_dir: str | Path, resume: bool | str | Path = False, progress: bool = True
+) -> AdaptResult:
+    """Train ``cfg.train.method`` from ``cfg.data.source`` to ``cfg.data.target``; see module doc."""
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.train.device)
+    if device.type == "cpu" and cfg.preset != "demo":
+        log.warning("training on the CPU: expect hours per thousand iterations; use a GPU")
+    label_space = label_space_for_source(cfg.data.source)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    seed_everything(cfg.train.seed)
+
+    # --- model, method, optimizer
+    student = create_segmenter(cfg.model).to(device)
+    method = create_method(cfg.train.method, cfg)
+    extra_modules = {name: m.to(device) for name, m in method.trainable_modules().items()}
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.optim)
+    use_scaler = device.type == "cuda" and cfg.train.amp == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    # --- resume
+    start, best_miou, history = 0, None, []
+    resume_path = _resolve_resume(run_dir, resume)
+    if resume_path is not None:
+        data = read_checkpoint(resume_path)
+        state = data.get("training_state")
+        if state is None:
+            raise ValueError(f"{resume_path} holds no training state (an exported/final file?)")
+        student.load_state_dict(data["state_dict"])
+        for name, module in extra_modules.items():
+            module.load_state_dict(state["extra_modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start, best_miou = int(state["iteration"]), state.get("best_miou")
+        history = list(state.get("history", []))
+        log.info("resumed from %s at iteration %d", resume_path, start)
+    (run_dir / "config.json").write_text(cfg.to_json())
+
+    # --- data: each step's crops are a pure function of (seed, step), so resume is exact
+    source_loader = build_step_loader(cfg, "source", start, device)
+    target_loader = build_step_loader(cfg, "target", start, device) if method.uses_target else None
+    val_pairs = validation_pairs(cfg)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
+
+    def save(name: str, iteration: int, with_training_state: bool = True) -> Path:
+        training_state = None
+        if with_training_state:
+            training_state = {
+                "iteration": iteration,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if use_scaler else None,
+                "rng": rng_state(),
+                "best_miou": best_miou,
+                "history": history,
+                "extra_modules": {n: m.state_dict() for n, m in extra_modules.items()},
+            }
+        ckpt = build_checkpoint(
+            config=cfg,
+            label_space=label_space,
+            state_dict=student.state_dict(),
+            provenance={"iteration": iteration, "val_miou": best_miou if name == "best" else None},
+            training_state=training_state,
+            mean=mean,
+            std=std,
+        )
+        return atomic_save(ckpt, run_dir / "checkpoints" / f"{name}.pt")
+
+    def evaluate(iteration: int) -> float:
+        nonlocal best_miou
+        scores = evaluate_pairs(student, val_pairs, cfg.eval, label_space, mean, std, device, progress=False)
+        record = {"iteration": iteration, **scores.to_dict()}
+        history.append(record)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        (run_dir / "eval" / f"iter_{iteration:06d}.json").write_text(json.dumps(record, indent=2))
+        writer.add_scalar("val/mIoU", scores.miou, iteration)
+        for key, value in scores.subsets.items():
+            writer.add_scalar(f"val/{key}", value, iteration)
+        tqdm.write(f"[iter {iteration}] target {cfg.data.val_split} mIoU {100 * scores.miou:.2f}")
+        if best_miou is None or scores.miou > best_miou:
+            best_miou = scores.miou
+            save("best", iteration, with_training_state=False)
+        return scores.miou
+
+    # --- the loop
+    student.train()
+    bar = tqdm(total=cfg.train.iters, initial=start, desc=f"adapt {method.name}", disable=not progress, unit="it")
+    done, interrupted = start, False
+    source_iter = iter(source_loader)
+    target_iter = iter(target_loader) if target_loader is not None else None
+    tic = time.perf_counter()
+    try:
+        for iteration in range(start, cfg.train.iters):
+            source = next(source_iter)
+            target = next(target_iter) if target_iter is not None else None
+            batch = StepBatch(
+                source_images=source["image"].to(device, non_blocking=True),
+                source_labels=source["label"].to(device, non_blocking=True),
+                target_images=None if target is None else target["image"].to(device, non_blocking=True),
+            )
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_context(device, cfg.train.amp):
+                out = method.step(student, None, batch, iteration)
+            total = torch.stack([v.float() for v in out.losses.values()]).sum()
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            done = iteration + 1  # only now is the step complete (interrupts before keep `done`)
+            bar.update(1)
+
+            if done % cfg.train.log_interval == 0 or done == cfg.train.iters:
+                terms = {k: float(v.detach()) for k, v in out.losses.items()}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+                for key, value in {**terms, **out.scalars}.items():
+                    writer.add_scalar(f"train/{key}", float(value), done)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                writer.add_scalar("train/it_per_s", cfg.train.log_interval / (time.perf_counter() - tic), done)
+                tic = time.perf_counter()
+            if done % cfg.train.image_log_interval == 0:
+                log_images(writer, batch, out, label_space, mean, std, done)
+            if done % cfg.train.eval_interval == 0 or done == cfg.train.iters:
+                evaluate(done)
+            if done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters:
+                save("latest", done)
+    except KeyboardInterrupt:
+        interrupted = True
+        path = save("latest", done)
+        tqdm.write(f"interrupted: saved {path} at iteration {done}; continue with --resume")
+    finally:
+        bar.close()
+        writer.close()
+    best = run_dir / "checkpoints" / "best.pt"
+    return AdaptResult(
+        run_dir=run_dir,
+        latest=run_dir / "checkpoints" / "latest.pt",
+        best=best if best.is_file() else None,
+        iterations=done if interrupted else cfg.train.iters,
+        best_miou=best_miou,
+        history=history,
+        interrupted=interrupted,
+    )
