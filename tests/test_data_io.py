@@ -148,3 +148,12 @@ def test_writers_are_atomic_and_round_trip(tmp_path):
     ]  # fmt: skip  (no temp files left behind)
     with pytest.raises(ValueError, match="uint8"):
         write_label_png(tmp_path / "bad.png", label.astype(np.int32))
+
+
+def test_readers_return_writable_arrays(tmp_path):
+    """Pillow's array interface is read-only; callers (and torch.as_tensor) expect writable arrays."""
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "i.png")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "l.png")
+    assert read_image(tmp_path / "i.png").flags.writeable
+    assert read_label_ids(tmp_path / "l.png").flags.writeable
+    assert read_color_label(tmp_path / "i.png").flags.writeable
