@@ -238,12 +238,14 @@ def data_check(source, target, data_root):
 @data.command("demo")
 @click.option("--root", type=click.Path(file_okay=False), default="data/demo", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
 @friendly_errors
-def data_demo(root, seed):
+def data_demo(root, seed, workers):
     """Generate the procedural demo domains (GTA-style source, Cityscapes-style target)."""
     from cluda_deploy.data import generate_demo_domains
 
-    click.echo(json.dumps(generate_demo_domains(root, seed=seed), indent=2, default=str))
+    report = generate_demo_domains(root, seed=seed, workers=workers, progress=True)
+    click.echo(json.dumps(report, indent=2, default=str))
 
 
 # --------------------------------------------------------------------------- misc
