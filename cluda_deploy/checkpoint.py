@@ -7,6 +7,7 @@ code runs on load). It holds the config, label space, input normalisation, stude
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import tempfile
@@ -171,7 +172,8 @@ def load_segmenter(
     key = {"student": "state_dict", "teacher": "teacher_state_dict"}.get(weights)
     if key is None or key not in data:
         raise CheckpointError(f"{path} has no {weights!r} weights (choose student or teacher)")
-    model = create_segmenter(info.config.model)
+    # The file holds every weight: never fetch the pretrained ones just to overwrite them.
+    model = create_segmenter(dataclasses.replace(info.config.model, pretrained=None))
     try:
         missing, unexpected = model.load_state_dict(data[key], strict=False)
     except RuntimeError as exc:  # shape mismatches

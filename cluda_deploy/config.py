@@ -74,8 +74,52 @@ class OptimConfig:
 
 
 @dataclass
+class UDAConfig:
+    """DAFormer self-training and the CLUDA contrastive loss (research/cluda.md sections 2 and 4).
+
+    Defaults are the reference values for DAFormer 512x512 crops (GTA5 -> Cityscapes).
+    """
+
+    # Mean teacher: alpha_t = min(1 - 1/(t+1), ema_alpha) (2.4).
+    ema_alpha: float = 0.999
+    # Pseudo-labels: weight = share of target pixels with confidence >= threshold (2.5);
+    # rows zeroed at the top/bottom of each target crop (DAFormer "cpl v1": ego car, rectification).
+    pseudo_threshold: float = 0.968
+    pseudo_ignore_top: int = 15
+    pseudo_ignore_bottom: int = 120
+    # Strong augmentation of the mixed images (2.6): applied when U(0,1) > 1 - prob
+    # (the reference's color_jitter_p = 0.2 is 1 - color_jitter_prob).
+    color_jitter_prob: float = 0.8
+    color_jitter_strength: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.15, 1.15)
+    # Rare-class sampling of source images (2.2).
+    rcs: bool = True
+    rcs_temperature: float = 0.01
+    rcs_min_pixels: int = 3000
+    rcs_min_crop_ratio: float = 0.5
+    # ImageNet feature distance on thing classes (2.7); 0 turns it off.
+    fd_lambda: float = 0.005
+    fd_classes: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+    fd_min_ratio: float = 0.75
+    # CLUDA pixel contrast on the fused decoder map (4.1-4.3): weight, temperature (the release
+    # uses 1), the grid features and labels are resampled to (fm_size; None = the map's own),
+    # which passes use it, and the row-chunk size of the streamed computation.
+    cl_weight: float = 1.0
+    cl_temperature: float = 1.0
+    cl_grid: tuple[int, int] | None = (65, 65)
+    cl_on_source: bool = True
+    cl_on_mixed: bool = True
+    cl_chunk_size: int = 1024
+    # Released-code behaviours the brief lists as bugs (4.5), off by default: void (255) pixels
+    # as a class of their own, and features flattened pixel-major against batch-major labels.
+    cl_void_as_class: bool = False
+    cl_faithful_ordering: bool = False
+
+
+@dataclass
 class TrainConfig:
-    method: str = "source-only"
+    method: str = "cluda"  # source-only | dacs | cluda
     iters: int = 40000
     seed: int = 0
     eval_interval: int = 4000
@@ -104,6 +148,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    uda: UDAConfig = field(default_factory=UDAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
@@ -144,6 +189,23 @@ def _daformer_mitb5_synthia() -> Config:
     return cfg
 
 
+@register_preset("cluda-daformer-mitb5")
+def _cluda_daformer_mitb5() -> Config:
+    """CLUDA on DAFormer / MiT-B5 (decoder embed 512), GTA5 -> Cityscapes at 512x512 crops."""
+    cfg = Config(preset="cluda-daformer-mitb5")
+    cfg.model.embed_dim = 512  # CLUDA's daformer_conv1_mitb5.py (DAFormer/HRDA: 256)
+    return cfg
+
+
+@register_preset("cluda-daformer-mitb5-synthia")
+def _cluda_daformer_mitb5_synthia() -> Config:
+    """CLUDA on DAFormer / MiT-B5 (decoder embed 512), Synthia -> Cityscapes."""
+    cfg = _daformer_mitb5_synthia()
+    cfg.preset = "cluda-daformer-mitb5-synthia"
+    cfg.model.embed_dim = 512
+    return cfg
+
+
 @register_preset("dlv2-r101")
 def _dlv2_r101() -> Config:
     """DeepLabV2 / ResNet-101 (ImageNet weights when available)."""
@@ -168,7 +230,13 @@ def _demo() -> Config:
     cfg.optim = OptimConfig(lr=6e-4, warmup_iters=50)
     cfg.train = TrainConfig(
         iters=400, seed=0, eval_interval=200, checkpoint_interval=200, log_interval=20,
-        image_log_interval=200, amp="off",
+        image_log_interval=200, amp="off", method="source-only",
+    )  # fmt: skip
+    # 128x128 crops of 320x180 / 256x128 frames: pixel counts scaled from GTA5's ~2 Mpx frames,
+    # the ignored bottom rows are the demo bonnet's, and a faster teacher for a short run.
+    cfg.uda = UDAConfig(
+        ema_alpha=0.99, pseudo_ignore_top=0, pseudo_ignore_bottom=8, rcs_min_pixels=80,
+        cl_grid=None, cl_chunk_size=512,
     )  # fmt: skip
     cfg.eval = EvalConfig(mode="whole", scale=None)
     return cfg

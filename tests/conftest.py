@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """Tests use tiny tensors: one intra-op thread is faster, and immune to the spin-waits of an
+    oversubscribed CPU (a test that starts subprocesses would otherwise run many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # --- demo-domain fixtures ---
 

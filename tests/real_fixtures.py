@@ -1,11 +1,15 @@
-"""Where the real Cityscapes/GTA5 sample files live (research-only pixels, never committed here).
+"""Test data locations.
 
-They sit in ``../shared/fixtures/real`` beside the checkout, or wherever ``CLUDA_REAL_FIXTURES``
-points. Tests that need them skip, saying so, when they are absent.
+* Real Cityscapes/GTA5 sample files (research-only pixels, never committed here) sit in
+  ``../shared/fixtures/real`` beside the checkout, or wherever ``CLUDA_REAL_FIXTURES`` points.
+  Tests that need them skip, saying so, when they are absent.
+* Key manifests of the released mmseg checkpoints (names and shapes only, no weights) are
+  committed under ``tests/fixtures/mmseg_checkpoints`` (copied from shared/fixtures).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,3 +28,11 @@ def real_fixture(name: str) -> Path:
             "(set CLUDA_REAL_FIXTURES to the shared/fixtures/real folder)"
         )
     return path
+
+
+CHECKPOINT_MANIFESTS = REPO_ROOT / "tests" / "fixtures" / "mmseg_checkpoints"
+
+
+def checkpoint_manifest(name: str) -> dict:
+    """A key manifest of a released checkpoint (tests/fixtures/mmseg_checkpoints/README.md)."""
+    return json.loads((CHECKPOINT_MANIFESTS / name).read_text())

@@ -119,3 +119,13 @@ def test_weights_that_do_not_fit_config(tmp_path, demo_checkpoint):
     torch.save(data, edited)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_segmenter(edited)
+
+
+def test_rebuild_does_not_fetch_pretrained_weights(tmp_path):
+    cfg = get_preset("demo")
+    cfg.model.pretrained = "nvidia/mit-b5"  # offline here: fetching it would fail
+    model = create_segmenter(get_preset("demo").model)
+    path = save_checkpoint(tmp_path / "c.pt", config=cfg, label_space=cityscapes_label_space(),
+                           state_dict=model.state_dict())
+    rebuilt, info = load_segmenter(path)
+    assert info.config.model.pretrained == "nvidia/mit-b5"

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,31 +22,12 @@ from cluda_deploy.models import (
     resnet101_encoder,
 )
 from cluda_deploy.models.mit import MIT_VARIANTS
+from tests.real_fixtures import checkpoint_manifest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MANIFESTS = Path(
-    os.environ.get(
-        "CLUDA_CHECKPOINT_MANIFESTS", REPO_ROOT.parent / "shared/fixtures/mmseg_checkpoints"
-    )
-)
 SIZE = 64  # input side for the shape tests: every stride divides it, every MiT accepts it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread is faster, and immune to the spin-waits of an oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def manifest(name: str) -> dict:
-    """A key manifest of a released checkpoint (shared/fixtures/mmseg_checkpoints/README.md)."""
-    path = MANIFESTS / name
-    if not path.exists():
-        pytest.skip(f"checkpoint manifest {path} not found (set CLUDA_CHECKPOINT_MANIFESTS)")
-    return json.loads(path.read_text())
+manifest = checkpoint_manifest
 
 
 def shapes(state_dict: dict) -> dict[str, list[int]]:

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from cluda_deploy.config import ModelConfig
 from cluda_deploy.models import Segmenter, create_segmenter, slide_windows
 from cluda_deploy.models.heads import DecodeHead
-from tests.test_models import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 
 @pytest.fixture(scope="module")

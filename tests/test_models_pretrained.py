@@ -16,7 +16,7 @@ from cluda_deploy.config import ModelConfig
 from cluda_deploy.models import create_segmenter, mit_encoder, resnet101_encoder
 from cluda_deploy.models.mit import MIT_VARIANTS, segformer_config
 from cluda_deploy.models.resnet import imagenet_cache_path
-from tests.test_models import manifest, single_thread  # noqa: F401  (autouse: one CPU thread)
+from tests.real_fixtures import checkpoint_manifest as manifest
 
 # transformers 5.x encoder names -> the 4.x names stored in the nvidia/mit-b* Hub files.
 TO_LEGACY_NAMES = [

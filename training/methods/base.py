@@ -31,16 +31,46 @@ class StepOutput:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class SegmenterForward(nn.Module):
+    """The student as the loop calls it (and DDP wraps it): one forward returning everything.
+
+    ``images (B, 3, H, W) -> (logits (B, K, h, w), fused (B, C_f, h, w), backbone features
+    [(B, C_i, H / s_i, W / s_i)])``; ``fused`` is the decoder map the classifier reads.
+    """
+
+    def __init__(self, segmenter: nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        features = self.segmenter.backbone_features(images)
+        logits, fused = self.segmenter.decode_head.forward_with_features(features)
+        return logits, fused, features
+
+
+@dataclass
+class Networks:
+    """The networks a step may use.
+
+    student: a :class:`SegmenterForward` (maybe DDP-wrapped), the only one with gradients;
+    teacher: the EMA teacher segmenter (``teacher(images) -> logits``), or None;
+    imnet_backbone: the frozen copy of the initial encoder (``-> list of maps``), or None.
+    """
+
+    student: nn.Module
+    teacher: nn.Module | None = None
+    imnet_backbone: nn.Module | None = None
+
+
 class UDAMethod:
     """Base class: ``step`` returns the loss terms of one iteration."""
 
     name: str = "base"
     uses_target: bool = False
     uses_teacher: bool = False
+    uses_imnet: bool = False
 
-    def step(
-        self, student: nn.Module, teacher: nn.Module | None, batch: StepBatch, iteration: int
-    ) -> StepOutput:
+    def step(self, nets: Networks, batch: StepBatch, iteration: int) -> StepOutput:
         raise NotImplementedError
 
     def trainable_modules(self) -> dict[str, nn.Module]:

@@ -1,0 +1,1 @@
+"""One router per resource: health, model, segment, metrics, the demo page."""
