@@ -13,15 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cluda_deploy.config import EvalConfig
-
-
-def rescale_size(height: int, width: int, scale: tuple[int, int] | None) -> tuple[int, int]:
-    """mmcv ``imrescale``: fit (long, short) = ``scale`` keeping the aspect ratio; (h, w) out."""
-    if scale is None:
-        return height, width
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+from cluda_deploy.data.transforms import rescale_size
 
 
 def to_input_tensor(

@@ -20,12 +20,14 @@ from cluda_deploy.labels import IGNORE_INDEX
 CROP_RETRIES = 10
 
 
-def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+def rescale_size(height: int, width: int, scale: tuple[int, int] | None) -> tuple[int, int]:
     """mmcv ``rescale_size`` with a (long, short) scale: the largest size that fits, ratio kept.
 
     factor = min(long / max(h, w), short / min(h, w)); new side = int(side * factor + 0.5).
-    Returns (new_height, new_width).
+    Returns (new_height, new_width); ``scale=None`` keeps the native size.
     """
+    if scale is None:
+        return height, width
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
     return int(height * factor + 0.5), int(width * factor + 0.5)
