@@ -108,3 +108,29 @@ def test_adapt_evaluate_predict_on_demo(tiny_demo_root, tmp_path):
     assert label.shape == (77, 131) and label.max() < 19
     overlay = Image.open(tmp_path / "pred" / "b_overlay.png")
     assert overlay.size == (50, 40) and overlay.mode == "RGB"
+
+
+def test_data_prepare_and_check(make_gta, make_cityscapes, tmp_path):
+    make_gta(3, root=tmp_path / "data" / "gta")
+    make_cityscapes(root=tmp_path / "data" / "cityscapes")
+    runner = CliRunner()
+    before = runner.invoke(main, ["data", "check", "--data-root", str(tmp_path / "data")])
+    assert before.exit_code == 1
+    assert "cluda data prepare gta --root" in before.output
+
+    for name in ("gta", "cityscapes"):
+        result = runner.invoke(
+            main, ["data", "prepare", name, "--root", str(tmp_path / "data" / name), "--workers", "1"]
+        )
+        assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "data" / "gta" / "labels").glob("*_labelTrainIds.png"))) == 3
+    assert (tmp_path / "data" / "gta" / "sample_class_stats.json").is_file()
+
+    after = runner.invoke(main, ["data", "check", "--data-root", str(tmp_path / "data")])
+    assert after.exit_code == 0, after.output
+
+
+def test_data_prepare_missing_folder_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["data", "prepare", "gta", "--root", str(tmp_path / "nope")])
+    assert result.exit_code != 0
+    assert str(tmp_path / "nope") in result.output and "Traceback" not in result.output
