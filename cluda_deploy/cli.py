@@ -277,5 +277,97 @@ def demo(data_root, out, method, iters, overrides, quiet):
              progress=not quiet, echo=click.echo)
 
 
+# --------------------------------------------------------------------------- serve
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1; 0.0.0.0 in Docker).")
+@click.option("--port", type=int, default=None, help="TCP port (default 8000).")
+@click.option("--workers", type=int, default=None, help="uvicorn worker processes, each with its own engines (default 1).")
+@click.option("--device", "devices", default=None, metavar="DEV[,DEV...]",
+              help="One inference worker per device: auto | cpu | cuda:0,cuda:1 (default auto).")
+@click.option("--max-batch", type=int, default=None, help="Images per engine call (default 4).")
+@click.option("--max-wait-ms", type=float, default=None, help="How long a batch waits to fill (default 10).")
+@click.option("--max-queue", type=int, default=None, help="Queued images before 503 + Retry-After (default 64).")
+@click.option("--api-key", default=None, envvar="CLUDA_SERVE_API_KEY", show_envvar=True,
+              help="Require this key (X-API-Key or Bearer) on /v1; prefer the environment variable.")
+@click.option("--max-body-bytes", type=int, default=None, help="Request body cap, 413 past it (default 32 MiB).")
+@click.option("--max-pixels", type=int, default=None, help="Image pixel cap, checked before decoding (default 8388608).")
+@click.option("--request-timeout-s", type=float, default=None, help="Upload and inference limit each (default 30).")
+@click.option("--warmup-size", "warmup_sizes", default=None, metavar="HxW[,HxW...]",
+              help="Sizes to warm up at before ready (default: the model's own, or 512x1024).")
+@click.option("--engine-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder for TensorRT engine and timing caches (a Docker volume).")
+@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]))
+@friendly_errors
+def serve(model, host, port, workers, devices, max_batch, max_wait_ms, max_queue, api_key, max_body_bytes,
+          max_pixels, request_timeout_s, warmup_sizes, engine_cache, log_level):
+    """Serve MODEL over HTTP: a checkpoint (.pt), ONNX (.onnx), TensorRT (.engine) or AOTInductor (.pt2).
+
+    \b
+    Every option can also be set as CLUDA_SERVE_<OPTION> (e.g. CLUDA_SERVE_MAX_BATCH=8).
+    POST /v1/segment, /v1/segment/batch; GET /v1/model, /health/live, /health/ready, /metrics;
+    a demo page at /. SIGTERM drains before stopping.
+    """
+    from server.runner import run_server
+    from server.settings import load_settings
+
+    settings = load_settings(
+        model=model, host=host, port=port, workers=workers, devices=devices, max_batch=max_batch,
+        max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key, max_body_bytes=max_body_bytes,
+        max_pixels=max_pixels, request_timeout_s=request_timeout_s, warmup_sizes=warmup_sizes,
+        engine_cache=engine_cache, log_level=log_level,
+    )
+    run_server(settings)
+
+
+# --------------------------------------------------------------------------- import
+
+
+@main.group("import")
+def import_group() -> None:
+    """Convert checkpoints released by other code bases into cluda-deploy checkpoints."""
+
+
+def _arch_names() -> list[str]:
+    from cluda_deploy.importers.archs import arch_names  # torch-free
+
+    return arch_names()
+
+
+@import_group.command("mmseg")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, type=click.Choice(_arch_names()),
+              help="The network the file holds (DAFormer, HRDA, MIC(HRDA) or CLUDA(HRDA) on MiT-B5).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the cluda-deploy checkpoint (.pt).")
+@click.option("--weights", type=click.Choice(["student", "teacher"]), default="student",
+              show_default=True, help="model.* (what the papers evaluate) or the EMA teacher ema_model.*.")
+@click.option("--allow-missing", is_flag=True,
+              help="Accept absent optional keys (training-only heads, BatchNorm counters).")
+@click.option("--source", type=click.Choice(["auto", "gta", "synthia"]), default="auto",
+              show_default=True, help="Source domain it was trained on (auto: from the file's config text, else gta).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override the arch's config, e.g. --set model.backbone=mit_b3 for another MiT size.")
+@friendly_errors
+def import_mmseg_command(checkpoint, arch, out, weights, allow_missing, source, overrides):
+    """Convert a released DAFormer / HRDA / MIC / CLUDA .pth (mmseg 0.x) into a checkpoint that
+    evaluate, predict, export and serve use unchanged. Reads the file without running code."""
+    from cluda_deploy.importers.mmseg import import_mmseg
+
+    result = import_mmseg(checkpoint, arch, out, weights=weights, allow_missing=allow_missing,
+                          source=source, overrides=list(overrides))
+    block = result.prefix or "bare keys"
+    click.echo(f"imported {result.tensors} tensors of {result.arch} ({weights}, {block}, "
+               f"{result.form} file, source {result.source}) -> {result.out}")
+    if result.dropped:
+        heads = sorted({".".join(key.split(".")[:2]) for key in result.dropped})
+        click.echo(f"dropped {len(result.dropped)} training-only tensors ({', '.join(heads)})")
+    if result.filled:
+        click.echo(f"absent optional keys accepted: {len(result.filled)}")
+    click.echo(f"next: cluda evaluate --checkpoint {result.out} --dataset cityscapes --data-root data")
+
+
 if __name__ == "__main__":
     main()

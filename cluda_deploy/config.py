@@ -20,6 +20,35 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass
+class HRDAConfig:
+    """HRDA multi-resolution wrapper (research/cluda.md 3.1, 3.2, 3.4; lhoyer/HRDA configs).
+
+    The context crop is the training crop itself (``data.crop_size``, 1024x1024 in HRDA),
+    seen at ``context_scale``; the detail crop is a full-resolution part of it.
+    """
+
+    enabled: bool = False
+    # scales = [0.5, 1]: the context pass sees the window downscaled by this factor.
+    context_scale: float = 0.5
+    # Full-resolution detail crop (hr_crop_size), and at inference the HR sliding window over
+    # the whole input window with this stride (hr_slide_overlapping: half the crop).
+    detail_crop_size: tuple[int, int] = (512, 512)
+    detail_stride: tuple[int, int] = (256, 256)
+    # Off: the detail pass sees the whole full-resolution window at once (hr_slide_inference).
+    detail_slide: bool = True
+    # Training detail-crop offsets are multiples of this (crop_coord_divisible = 4 x 2).
+    crop_coord_divisible: int = 8
+    # Scale attention: a DAFormer head with 1x1 conv fusion (attention_embed_dim, channels),
+    # one attention map per class (attention_classwise=True) or one for all.
+    attention_embed_dim: int = 256
+    attention_classwise: bool = True
+    # How attention a mixes the scales on the detail grid: 'hrda' = up(a) * detail +
+    # up((1 - a) * context) (HRDAHead); 'cluda' = up(a) * detail + (1 - up(a)) * up(context)
+    # (CLUDA's hrda_head.py, used by its released inference).
+    fusion: str = "hrda"
+
+
+@dataclass
 class ModelConfig:
     """Segmenter architecture (DESIGN.md 'Segmenter')."""
 
@@ -37,6 +66,8 @@ class ModelConfig:
     # None = random init; a Hugging Face id ('nvidia/mit-b5') or local directory for MiT;
     # 'imagenet' for torchvision's ResNet-101 weights.
     pretrained: str | None = None
+    # HRDA multi-resolution fusion around the segmenter (off: a plain single-scale segmenter).
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)
 
 
 @dataclass
@@ -206,6 +237,34 @@ def _cluda_daformer_mitb5_synthia() -> Config:
     return cfg
 
 
+def _hrda(cfg: Config) -> Config:
+    """HRDA on top of ``cfg``: 1024x1024 training crops of the full-resolution frames
+    (GTA5 at 2560x1440, Cityscapes at 2048x1024; research/cluda.md 2.1), and HRDA's test
+    protocol (2.10): full resolution, 1024x1024 windows every 512 px, each segmented by
+    context + detail fusion (3.4). Multi-resolution training itself is issue 4."""
+    cfg.model.hrda.enabled = True
+    cfg.data.crop_size = (1024, 1024)
+    cfg.data.source_scale = (2560, 1440)
+    cfg.data.target_scale = (2048, 1024)
+    cfg.eval = EvalConfig(mode="slide", scale=(2048, 1024), crop_size=(1024, 1024), stride=(512, 512))
+    return cfg
+
+
+@register_preset("hrda-mitb5")
+def _hrda_mitb5() -> Config:
+    """HRDA (DAFormer head + scale attention) on MiT-B5: model, crops and test protocol."""
+    return _hrda(Config(preset="hrda-mitb5"))
+
+
+@register_preset("cluda-hrda-mitb5")
+def _cluda_hrda_mitb5() -> Config:
+    """CLUDA on HRDA / MiT-B5 (decoder embed 512): model, crops and test protocol."""
+    cfg = _hrda(Config(preset="cluda-hrda-mitb5"))
+    cfg.model.embed_dim = 512  # CLUDA's daformer_conv1_mitb5.py; the attention head keeps 256
+    cfg.model.hrda.fusion = "cluda"
+    return cfg
+
+
 @register_preset("dlv2-r101")
 def _dlv2_r101() -> Config:
     """DeepLabV2 / ResNet-101 (ImageNet weights when available)."""
@@ -236,7 +295,7 @@ def _demo() -> Config:
     # the ignored bottom rows are the demo bonnet's, and a faster teacher for a short run.
     cfg.uda = UDAConfig(
         ema_alpha=0.99, pseudo_ignore_top=0, pseudo_ignore_bottom=8, rcs_min_pixels=80,
-        cl_grid=None, cl_chunk_size=512,
+        cl_grid=(16, 16), cl_chunk_size=512,
     )  # fmt: skip
     cfg.eval = EvalConfig(mode="whole", scale=None)
     return cfg

@@ -109,8 +109,7 @@ class MicroBatcher:
             for height, width in sizes:
                 for batch in batches:
                     dummy = np.zeros((batch, height, width, 3), dtype=np.uint8)
-                    for _ in range(runs):
-                        await loop.run_in_executor(executor, engine.infer, dummy, False)
+                    for _ in range(runs):  # with confidence where there is one: the larger path
                         await loop.run_in_executor(executor, engine.infer, dummy, engine.info.has_confidence)
 
     async def close(self, timeout: float) -> None:

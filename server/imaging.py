@@ -58,6 +58,13 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     except _DECODE_ERRORS as exc:
         raise ImageRejected(422, f"cannot read the image header ({_reason(exc)})") from None
     width, height = img.size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        # Pillow only warns here (and raises at twice this); the warning is an error for us, also
+        # where a warnings filter elsewhere in the process has silenced it.
+        raise ImageRejected(
+            413, f"image rejected as a decompression bomb ({width}x{height} = {width * height} "
+            f"pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS})",
+        )  # fmt: skip
     if width * height > max_pixels:
         raise ImageRejected(
             413, f"image is {width}x{height} = {width * height} pixels, over the limit of "

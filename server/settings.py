@@ -103,3 +103,26 @@ class ServerSettings(BaseSettings):
                 value = ",".join(map(str, value))
             env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return env
+
+
+def load_settings(**overrides: object) -> ServerSettings:
+    """Settings from the environment with ``overrides`` (None = not given) on top.
+
+    A bad value raises one ValueError naming the option, e.g. ``--max-batch: Input should be
+    greater than or equal to 1``.
+    """
+    from pydantic import ValidationError
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return ServerSettings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error.get("loc") else "settings"
+            source = f"--{field.replace('_', '-')}" if field in given else f"{ENV_PREFIX}{field.upper()}"
+            if error["type"] == "missing" and field == "model":
+                problems.append(f"no model given: pass MODEL (or set {ENV_PREFIX}MODEL)")
+            else:
+                problems.append(f"{source}: {error['msg']}")
+        raise ValueError("; ".join(problems)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
@@ -11,13 +12,14 @@ from cluda_deploy.checkpoint import load_segmenter, read_checkpoint
 from cluda_deploy.config import resolve_config
 from training.feed import StepBatchSampler, uniform_picker
 from training.loop import adapt
+from training.methods.cluda import CLUDA
 from training.methods.source_only import SourceOnly
 
 
-def demo_config(root, iters=6, **extra):
+def demo_config(root, iters=6, method="source-only", **extra):
     sets = [f"data.root={root}", f"train.iters={iters}", "train.eval_interval=3",
             "train.checkpoint_interval=3", "train.log_interval=1", "train.image_log_interval=2",
-            "data.batch_size=2", "data.crop_size=64x64"]  # fmt: skip
+            "data.batch_size=2", "data.crop_size=64x64", f"train.method={method}"]  # fmt: skip
     sets += [f"{k}={v}" for k, v in extra.items()]
     return resolve_config("demo", sets)
 
@@ -51,10 +53,10 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tiny_demo_root, tmp_path, m
 
     original_step = SourceOnly.step
 
-    def interrupting_step(self, student, teacher, batch, iteration):
+    def interrupting_step(self, nets, batch, iteration):
         if iteration == 4:
-            raise KeyboardInterrupt
-        return original_step(self, student, teacher, batch, iteration)
+            raise KeyboardInterrupt  # as a second Ctrl-C would, before the step changed anything
+        return original_step(self, nets, batch, iteration)
 
     monkeypatch.setattr(SourceOnly, "step", interrupting_step)
     stopped = adapt(cfg, tmp_path / "resumed", progress=False)
@@ -74,3 +76,41 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tiny_demo_root, tmp_path, m
 def test_resume_without_checkpoint_is_a_clear_error(tiny_demo_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         adapt(demo_config(tiny_demo_root), tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_cluda_ctrl_c_saves_after_the_step_and_resume_is_bit_exact(tiny_demo_root, tmp_path, monkeypatch):
+    cfg = demo_config(tiny_demo_root, method="cluda")
+    straight = adapt(cfg, tmp_path / "straight", progress=False)
+
+    original_step = CLUDA.step
+
+    def ctrl_c_during_step(self, nets, batch, iteration):
+        if iteration == 3:
+            signal.raise_signal(signal.SIGINT)  # handled: this step finishes, then the loop stops
+        return original_step(self, nets, batch, iteration)
+
+    monkeypatch.setattr(CLUDA, "step", ctrl_c_during_step)
+    stopped = adapt(cfg, tmp_path / "resumed", progress=False)
+    assert stopped.interrupted and stopped.iterations == 4
+    saved = read_checkpoint(stopped.latest)
+    assert saved["training_state"]["iteration"] == 4
+    assert "teacher_state_dict" in saved and saved["training_state"]["imnet_backbone"]
+    monkeypatch.setattr(CLUDA, "step", original_step)
+
+    resumed = adapt(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.iterations == 6
+    a, b = read_checkpoint(straight.latest), read_checkpoint(resumed.latest)
+    for key in ("state_dict", "teacher_state_dict"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    for name, value in a["training_state"]["imnet_backbone"].items():
+        assert torch.equal(value, b["training_state"]["imnet_backbone"][name]), name
+    assert [h["mIoU"] for h in resumed.history] == [h["mIoU"] for h in straight.history]
+
+
+def test_resume_with_another_method_is_a_clear_error(tiny_demo_root, tmp_path):
+    first = adapt(demo_config(tiny_demo_root, iters=1), tmp_path / "run", progress=False)
+    assert first.iterations == 1
+    with pytest.raises(ValueError, match="no EMA teacher"):
+        adapt(demo_config(tiny_demo_root, iters=2, method="dacs"), tmp_path / "run", resume=True,
+              progress=False)  # fmt: skip

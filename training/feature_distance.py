@@ -9,12 +9,20 @@ of each block if it covers >= 75 % of it, else 255.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cluda_deploy.labels import IGNORE_INDEX
+
+
+def frozen_encoder(encoder: nn.Module) -> nn.Module:
+    """A copy of ``encoder`` in eval mode without gradients: the "ImageNet model" of the reference
+    (its weights are the encoder's at the start of training, ImageNet ones when pretrained)."""
+    return copy.deepcopy(encoder).eval().requires_grad_(False)
 
 
 def downscale_label_ratio(

@@ -1,8 +1,8 @@
 """``cluda adapt``: the UDA training loop, readable top to bottom.
 
-config -> datasets -> student (and teacher) -> optimizer -> loop {losses, backward, step,
-log, evaluate, checkpoint} -> final checkpoint. The method (training/methods) computes the loss
-terms of a step; everything else lives here.
+config -> (DDP) -> student, EMA teacher, frozen encoder -> optimizer -> datasets -> loop
+{losses, backward, step, EMA update, log, evaluate, checkpoint} -> final checkpoint. The method
+(training/methods) computes the loss terms of a step; everything else lives here.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from tqdm import tqdm
 from cluda_deploy.checkpoint import atomic_save, build_checkpoint, read_checkpoint
 from cluda_deploy.config import IMAGENET_MEAN, IMAGENET_STD, Config
 from cluda_deploy.evaluate import evaluate_pairs
-from cluda_deploy.inference import pick_device
 from cluda_deploy.labels import label_space_for_source
 from cluda_deploy.models import create_segmenter
+from training.ddp import any_rank, barrier, init_distributed, shutdown, wrap_ddp
+from training.ema import create_teacher, ema_alpha, ema_update
+from training.feature_distance import frozen_encoder
 from training.feed import build_step_loader, validation_pairs
-from training.methods import StepBatch, create_method
+from training.interrupt import StopRequest
+from training.methods import Networks, SegmenterForward, StepBatch, create_method
 from training.optim import build_optimizer, build_scheduler
 from training.visualize import log_images
 
@@ -105,13 +108,17 @@ def adapt(
 ) -> AdaptResult:
     """Train ``cfg.train.method`` from ``cfg.data.source`` to ``cfg.data.target``; see module doc."""
     run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.train.device)
+    ctx = init_distributed(cfg.train.device)
+    device, is_main = ctx.device, ctx.is_main
+    if is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if device.type == "cpu" and cfg.preset != "demo":
         log.warning("training on the CPU: expect hours per thousand iterations; use a GPU")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     label_space = label_space_for_source(cfg.data.source)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed + ctx.rank)  # ranks draw their own augmentations
 
     # --- model, method, optimizer
     student = create_segmenter(cfg.model).to(device)
@@ -123,7 +130,7 @@ def adapt(
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     # --- resume
-    start, best_miou, history = 0, None, []
+    start, best_miou, history, data = 0, None, [], None
     resume_path = _resolve_resume(run_dir, resume)
     if resume_path is not None:
         data = read_checkpoint(resume_path)
@@ -141,42 +148,59 @@ def adapt(
         start, best_miou = int(state["iteration"]), state.get("best_miou")
         history = list(state.get("history", []))
         log.info("resumed from %s at iteration %d", resume_path, start)
-    (run_dir / "config.json").write_text(cfg.to_json())
+    if is_main:
+        (run_dir / "config.json").write_text(cfg.to_json())
 
-    # --- data: each step's crops are a pure function of (seed, step), so resume is exact
-    source_loader = build_step_loader(cfg, "source", start, device)
-    target_loader = build_step_loader(cfg, "target", start, device) if method.uses_target else None
-    val_pairs = validation_pairs(cfg)
+    # --- networks: DDP gives every rank rank 0's student; teacher and frozen encoder copy it
+    student_forward = wrap_ddp(SegmenterForward(student), ctx)
+    teacher = create_teacher(student) if method.uses_teacher else None
+    imnet_backbone = frozen_encoder(student.backbone) if method.uses_imnet else None
+    if data is not None:
+        _restore_frozen_networks(data, resume_path, teacher, imnet_backbone)
+    nets = Networks(student_forward, teacher, imnet_backbone)
 
-    from torch.utils.tensorboard import SummaryWriter
+    # --- data: each step's crops are a pure function of (seed, step, rank), so resume is exact
+    source_loader = build_step_loader(cfg, "source", start, device, ctx.rank, ctx.world_size)
+    target_loader = (
+        build_step_loader(cfg, "target", start, device, ctx.rank, ctx.world_size)
+        if method.uses_target
+        else None
+    )
+    val_pairs = validation_pairs(cfg) if is_main else []
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
+    writer = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    def save(name: str, iteration: int, with_training_state: bool = True) -> Path:
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
+
+    def save(name: str, iteration: int, rng: dict | None = None) -> Path:
         training_state = None
-        if with_training_state:
+        if name == "latest":
             training_state = {
                 "iteration": iteration,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if use_scaler else None,
-                "rng": rng_state(),
+                "rng": rng or rng_state(),
                 "best_miou": best_miou,
                 "history": history,
                 "extra_modules": {n: m.state_dict() for n, m in extra_modules.items()},
+                "imnet_backbone": None if imnet_backbone is None else imnet_backbone.state_dict(),
             }
         ckpt = build_checkpoint(
             config=cfg,
             label_space=label_space,
             state_dict=student.state_dict(),
             provenance={"iteration": iteration, "val_miou": best_miou if name == "best" else None},
+            teacher_state_dict=teacher.state_dict() if teacher is not None and training_state else None,
             training_state=training_state,
             mean=mean,
             std=std,
         )
         return atomic_save(ckpt, run_dir / "checkpoints" / f"{name}.pt")
 
-    def evaluate(iteration: int) -> float:
+    def evaluate(iteration: int) -> None:
         nonlocal best_miou
         scores = evaluate_pairs(student, val_pairs, cfg.eval, label_space, mean, std, device, progress=False)
         record = {"iteration": iteration, **scores.to_dict()}
@@ -187,59 +211,77 @@ def adapt(
         for key, value in scores.subsets.items():
             writer.add_scalar(f"val/{key}", value, iteration)
         tqdm.write(f"[iter {iteration}] target {cfg.data.val_split} mIoU {100 * scores.miou:.2f}")
+        if progress:
+            tqdm.write(scores.table())
         if best_miou is None or scores.miou > best_miou:
             best_miou = scores.miou
-            save("best", iteration, with_training_state=False)
-        return scores.miou
+            save("best", iteration)
 
     # --- the loop
     student.train()
-    bar = tqdm(total=cfg.train.iters, initial=start, desc=f"adapt {method.name}", disable=not progress, unit="it")
-    done, interrupted = start, False
+    bar = tqdm(total=cfg.train.iters, initial=start, desc=f"adapt {method.name}",
+               disable=not (progress and is_main), unit="it")  # fmt: skip
+    done, interrupted, step_rng = start, False, None
     source_iter = iter(source_loader)
     target_iter = iter(target_loader) if target_loader is not None else None
     tic = time.perf_counter()
     try:
-        for iteration in range(start, cfg.train.iters):
-            source = next(source_iter)
-            target = next(target_iter) if target_iter is not None else None
-            batch = StepBatch(
-                source_images=source["image"].to(device, non_blocking=True),
-                source_labels=source["label"].to(device, non_blocking=True),
-                target_images=None if target is None else target["image"].to(device, non_blocking=True),
-            )
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(device, cfg.train.amp):
-                out = method.step(student, None, batch, iteration)
-            total = torch.stack([v.float() for v in out.losses.values()]).sum()
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            done = iteration + 1  # only now is the step complete (interrupts before keep `done`)
-            bar.update(1)
+        with StopRequest() as stop:
+            for iteration in range(start, cfg.train.iters):
+                step_rng = rng_state()  # what an interrupt inside this step must save
+                source = next(source_iter)
+                target = next(target_iter) if target_iter is not None else None
+                batch = StepBatch(
+                    source_images=source["image"].to(device, non_blocking=True),
+                    source_labels=source["label"].to(device, non_blocking=True),
+                    target_images=None if target is None else target["image"].to(device, non_blocking=True),
+                )
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_context(device, cfg.train.amp):
+                    out = method.step(nets, batch, iteration)
+                total = torch.stack([v.float() for v in out.losses.values()]).sum()
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if teacher is not None:  # the reference's update at the start of the next step
+                    ema_update(teacher, student, ema_alpha(iteration + 1, cfg.uda.ema_alpha))
+                done = iteration + 1
+                bar.update(1)
 
-            if done % cfg.train.log_interval == 0 or done == cfg.train.iters:
-                terms = {k: float(v.detach()) for k, v in out.losses.items()}
-                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
-                for key, value in {**terms, **out.scalars}.items():
-                    writer.add_scalar(f"train/{key}", float(value), done)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-                writer.add_scalar("train/it_per_s", cfg.train.log_interval / (time.perf_counter() - tic), done)
-                tic = time.perf_counter()
-            if done % cfg.train.image_log_interval == 0:
-                log_images(writer, batch, out, label_space, mean, std, done)
-            if done % cfg.train.eval_interval == 0 or done == cfg.train.iters:
-                evaluate(done)
-            if done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters:
-                save("latest", done)
-    except KeyboardInterrupt:
+                if is_main and (done % cfg.train.log_interval == 0 or done == cfg.train.iters):
+                    terms = {k: float(v.detach()) for k, v in out.losses.items()}
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+                    scalars = {**terms, "total": float(total.detach()), **out.scalars}
+                    for key, value in scalars.items():
+                        writer.add_scalar(f"train/{key}", float(value), done)
+                    for group in optimizer.param_groups:
+                        writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], done)
+                    writer.add_scalar("train/it_per_s", cfg.train.log_interval / (time.perf_counter() - tic), done)
+                    tic = time.perf_counter()
+                if is_main and done % cfg.train.image_log_interval == 0:
+                    log_images(writer, batch, out, label_space, mean, std, done)
+                if done % cfg.train.eval_interval == 0 or done == cfg.train.iters:
+                    if is_main:
+                        evaluate(done)
+                    barrier(ctx)
+                stopping = any_rank(stop.requested, ctx)
+                if is_main and (stopping or done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters):
+                    save("latest", done)
+                if stopping:
+                    interrupted = True
+                    tqdm.write(f"stopped: saved latest.pt at iteration {done}; continue with --resume")
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the signal handler's reach
         interrupted = True
-        path = save("latest", done)
-        tqdm.write(f"interrupted: saved {path} at iteration {done}; continue with --resume")
+        if is_main:
+            path = save("latest", done, rng=step_rng)
+            tqdm.write(f"interrupted: saved {path} at iteration {done}; continue with --resume")
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+        shutdown(ctx)
     best = run_dir / "checkpoints" / "best.pt"
     return AdaptResult(
         run_dir=run_dir,
@@ -250,3 +292,22 @@ def adapt(
         history=history,
         interrupted=interrupted,
     )
+
+
+def _restore_frozen_networks(
+    data: dict, path: Path | None, teacher: torch.nn.Module | None, imnet: torch.nn.Module | None
+) -> None:
+    """Load the EMA teacher and the frozen encoder of a resumed run."""
+    method = data.get("provenance", {}).get("method", "?")
+    if teacher is not None:
+        if "teacher_state_dict" not in data:
+            raise ValueError(f"{path} has no EMA teacher (written by method {method!r}); resume with that method")
+        teacher.load_state_dict(data["teacher_state_dict"])
+    if imnet is not None:
+        state = data["training_state"].get("imnet_backbone")
+        if state is None:
+            raise ValueError(
+                f"{path} has no frozen ImageNet encoder (written by method {method!r}); resume "
+                "with that method, or with --set uda.fd_lambda=0"
+            )
+        imnet.load_state_dict(state)

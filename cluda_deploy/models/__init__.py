@@ -23,6 +23,7 @@ from cluda_deploy.models.heads import (
     DeepLabV2Head,
     SegFormerHead,
 )
+from cluda_deploy.models.hrda import HRDASegmenter, hrda_segmenter
 from cluda_deploy.models.mit import MIT_VARIANTS, MiTEncoder, mit_encoder
 from cluda_deploy.models.resnet import ResNetEncoder, resnet101_encoder
 from cluda_deploy.models.segmenter import Segmenter, slide_windows
@@ -117,10 +118,21 @@ def create_head(
 
 
 def create_segmenter(model_cfg: ModelConfig) -> Segmenter:
-    """Build the Segmenter described by ``model_cfg`` (random init unless ``pretrained`` is set)."""
+    """Build the Segmenter described by ``model_cfg`` (random init unless ``pretrained`` is set);
+    with ``model_cfg.hrda.enabled`` an :class:`HRDASegmenter` (DAFormer head only)."""
     build_head = _lookup(HEADS, "head", model_cfg.head)  # fail before a slow backbone build
+    if model_cfg.hrda.enabled and model_cfg.head != "daformer":
+        raise ValueError(
+            f"HRDA (model.hrda.enabled) is implemented for head 'daformer', not "
+            f"{model_cfg.head!r}; set model.head=daformer or model.hrda.enabled=false"
+        )
     backbone = create_backbone(model_cfg)
-    return Segmenter(backbone, build_head(model_cfg, backbone.channels, backbone.strides))
+    head = build_head(model_cfg, backbone.channels, backbone.strides)
+    if model_cfg.hrda.enabled:
+        return hrda_segmenter(
+            backbone, head, model_cfg.num_classes, model_cfg.hrda, dropout=model_cfg.dropout
+        )
+    return Segmenter(backbone, head)
 
 
 __all__ = [
@@ -128,6 +140,7 @@ __all__ = [
     "HEADS",
     "DAFormerHead",
     "DeepLabV2Head",
+    "HRDASegmenter",
     "MiTEncoder",
     "ResNetEncoder",
     "SegFormerHead",

@@ -17,11 +17,9 @@ from server.engines.base import (
     EngineError,
     EngineInfo,
     EngineOutput,
-    check_batch,
     file_sha256,
+    infer_fixed,
     max_softmax,
-    resize_batch,
-    resize_outputs,
 )
 from server.engines.sidecar import read_sidecar
 
@@ -34,11 +32,14 @@ def _output_names(sidecar: dict) -> list[str]:
     return names
 
 
-def _static_size(sidecar: dict) -> tuple[int, int] | None:
+def _static_shape(sidecar: dict) -> tuple[int | None, tuple[int, int] | None]:
+    """(static batch or None, static (H, W) or None) from the sidecar's ``input.shape``."""
     shape = (sidecar.get("input") or {}).get("shape")
-    if isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:3]):
-        return int(shape[1]), int(shape[2])
-    return None
+    if not (isinstance(shape, list) and len(shape) == 4):
+        return None, None
+    batch = int(shape[0]) if isinstance(shape[0], int) else None
+    size = (int(shape[1]), int(shape[2])) if all(isinstance(d, int) for d in shape[1:3]) else None
+    return batch, size
 
 
 class AOTIEngine:
@@ -59,7 +60,7 @@ class AOTIEngine:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"cannot load AOTInductor package {path} ({first}); re-export it") from None
         self.outputs = _output_names(sidecar)
-        static = _static_size(sidecar)
+        batch, static = _static_shape(sidecar)
         self.info = EngineInfo(
             backend="aoti",
             path=Path(path),
@@ -68,6 +69,7 @@ class AOTIEngine:
             device=str(self.device),
             precision=str(sidecar.get("precision", "fp32")),
             static_size=static,
+            max_batch=batch,
             default_warmup_sizes=[static] if static else [],
             has_confidence="confidence" in self.outputs or "logits" in self.outputs,
             provenance=dict(sidecar.get("provenance", {})),
@@ -75,12 +77,11 @@ class AOTIEngine:
         )
 
     def infer(self, images: np.ndarray, confidence: bool = False) -> EngineOutput:
-        check_batch(images)
         if confidence and not self.info.has_confidence:
             raise ConfidenceUnavailable("this package has no 'confidence' or 'logits' output; re-export it")
-        size = images.shape[1:3]
-        if self.info.static_size:
-            images = resize_batch(images, self.info.static_size)
+        return infer_fixed(self._run, images, confidence, self.info.static_size, self.info.max_batch)
+
+    def _run(self, images: np.ndarray, confidence: bool) -> EngineOutput:
         with self._torch.inference_mode():
             x = self._torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
             results = self.runner(x)
@@ -92,7 +93,7 @@ class AOTIEngine:
         if confidence:
             conf = (named["confidence"].float().cpu().numpy() if "confidence" in named
                     else max_softmax(named["logits"].float().cpu().numpy()))  # fmt: skip
-        return resize_outputs(EngineOutput(labels, conf), size)
+        return EngineOutput(labels, conf)
 
     def close(self) -> None:
         self.runner = None

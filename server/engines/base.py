@@ -108,3 +108,33 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return (1.0 / exp.sum(axis=1)).astype(np.float32)  # max(exp) is exp(0) = 1
+
+
+def infer_fixed(
+    run, images: np.ndarray, confidence: bool, static_size: tuple[int, int] | None,
+    max_batch: int | None,
+) -> EngineOutput:  # fmt: skip
+    """Fit a batch to an engine with a fixed size and/or batch, call ``run``, fit the output back.
+
+    ``run(images (n, h, w, 3) uint8, confidence) -> EngineOutput`` at the engine's own shape.
+    Images are resized to ``static_size`` (bilinear) and labels back with nearest; a static batch
+    ``max_batch`` is filled by repeating the last image and the padding dropped afterwards.
+    """
+    check_batch(images)
+    size = images.shape[1:3]
+    if static_size:
+        images = resize_batch(images, static_size)
+    if not max_batch or len(images) == max_batch:
+        return resize_outputs(run(images, confidence), size)
+    labels, confs = [], []
+    for start in range(0, len(images), max_batch):
+        chunk = images[start : start + max_batch]
+        count = len(chunk)
+        if count < max_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], max_batch - count, axis=0)])
+        out = run(chunk, confidence)
+        labels.append(out.labels[:count])
+        if out.confidence is not None:
+            confs.append(out.confidence[:count])
+    merged = EngineOutput(np.concatenate(labels), np.concatenate(confs) if confs else None)
+    return resize_outputs(merged, size)

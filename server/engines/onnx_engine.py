@@ -21,11 +21,9 @@ from server.engines.base import (
     EngineError,
     EngineInfo,
     EngineOutput,
-    check_batch,
     file_sha256,
+    infer_fixed,
     max_softmax,
-    resize_batch,
-    resize_outputs,
 )
 from server.engines.sidecar import read_sidecar
 
@@ -133,29 +131,7 @@ class OnnxEngine:
         )
 
     def infer(self, images: np.ndarray, confidence: bool = False) -> EngineOutput:
-        check_batch(images)
-        size = images.shape[1:3]
-        if self.info.static_size:
-            images = resize_batch(images, self.info.static_size)
-        if self.info.max_batch and images.shape[0] != self.info.max_batch:
-            # A static batch: run one image at a time (max_batch 1) or pad up to it.
-            parts = [self._run_padded(images[i : i + self.info.max_batch], confidence)
-                     for i in range(0, len(images), self.info.max_batch)]  # fmt: skip
-            out = EngineOutput(
-                np.concatenate([p.labels for p in parts]),
-                np.concatenate([p.confidence for p in parts]) if confidence else None,
-            )
-        else:
-            out = self._run(images, confidence)
-        return resize_outputs(out, size)
-
-    def _run_padded(self, images: np.ndarray, confidence: bool) -> EngineOutput:
-        count = len(images)
-        if count < self.info.max_batch:
-            pad = np.repeat(images[-1:], self.info.max_batch - count, axis=0)
-            images = np.concatenate([images, pad])
-        out = self._run(images, confidence)
-        return EngineOutput(out.labels[:count], None if out.confidence is None else out.confidence[:count])
+        return infer_fixed(self._run, images, confidence, self.info.static_size, self.info.max_batch)
 
     def _run(self, images: np.ndarray, confidence: bool) -> EngineOutput:
         names = ["labels"]

@@ -19,11 +19,9 @@ from server.engines.base import (
     EngineError,
     EngineInfo,
     EngineOutput,
-    check_batch,
     file_sha256,
+    infer_fixed,
     max_softmax,
-    resize_batch,
-    resize_outputs,
 )
 from server.engines.sidecar import read_sidecar
 
@@ -73,7 +71,8 @@ class TensorRTEngine:
             raise EngineError(f"{path} has tensors {names}; expected input 'images' and output 'labels'")
         shape = list(self.engine.get_tensor_shape(INPUT_NAME))
         static = tuple(shape[1:3]) if min(shape[1:3]) > 0 else None
-        # Profile 0's largest batch bounds what the batcher may send.
+        # A static batch is filled up; else profile 0's largest batch bounds what the batcher sends.
+        self._static_batch = shape[0] > 0
         max_batch = shape[0] if shape[0] > 0 else self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0]
         self.info = EngineInfo(
             backend="tensorrt",
@@ -100,12 +99,12 @@ class TensorRTEngine:
         return table[self.engine.get_tensor_dtype(name)]
 
     def infer(self, images: np.ndarray, confidence: bool = False) -> EngineOutput:
-        check_batch(images)
         if confidence and not self.info.has_confidence:
             raise ConfidenceUnavailable("this engine has no 'confidence' or 'logits' output; rebuild it with confidence")
-        size = images.shape[1:3]
-        if self.info.static_size:
-            images = resize_batch(images, self.info.static_size)
+        static_batch = self.info.max_batch if self._static_batch else None
+        return infer_fixed(self._run, images, confidence, self.info.static_size, static_batch)
+
+    def _run(self, images: np.ndarray, confidence: bool) -> EngineOutput:
         torch = self._torch
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
@@ -124,7 +123,7 @@ class TensorRTEngine:
                 conf = (buffers["confidence"].float().cpu().numpy() if "confidence" in buffers
                         else max_softmax(buffers["logits"].float().cpu().numpy()))  # fmt: skip
             self.stream.synchronize()
-        return resize_outputs(EngineOutput(labels.numpy(), conf), size)
+        return EngineOutput(labels.numpy(), conf)
 
     def close(self) -> None:
         self.context = None

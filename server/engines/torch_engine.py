@@ -19,6 +19,18 @@ from server.engines.base import EngineInfo, EngineOutput, check_batch, file_sha2
 DEFAULT_WARMUP_SIZE = (512, 1024)
 
 
+def fit_min_side(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """Scale (h, w) up, keeping the aspect ratio, until the short side is at least ``min_side``.
+
+    ``(20, 45)`` with ``min_side`` 29 -> ``(29, 65)``; sizes already large enough are unchanged.
+    """
+    height, width = size
+    if min(height, width) >= min_side:
+        return size
+    factor = min_side / min(height, width)
+    return max(min_side, round(height * factor)), max(min_side, round(width * factor))
+
+
 class TorchEngine:
     """``infer(images (N, H, W, 3) uint8) -> labels (N, H, W) uint8 (+ confidence)`` with PyTorch."""
 
@@ -32,6 +44,8 @@ class TorchEngine:
         self.device = pick_device(device)
         self.model, ckpt = load_segmenter(path, self.device)
         self.eval_cfg = ckpt.config.eval
+        # MiT needs a minimum side (its key/value reductions); smaller images are upscaled.
+        self.min_side = int(getattr(getattr(self.model, "backbone", None), "min_input_size", 1))
         self.mean, self.std = ckpt.mean, ckpt.std
         scale = self.eval_cfg.scale
         warmup = [(min(scale), max(scale))] if scale else [DEFAULT_WARMUP_SIZE]
@@ -62,9 +76,8 @@ class TorchEngine:
         height, width = images.shape[1:3]
         cfg = self.eval_cfg
         with self._torch.inference_mode():
-            x = to_input_tensor(
-                images, self.mean, self.std, rescale_size(height, width, cfg.scale), self.device
-            )
+            size = fit_min_side(rescale_size(height, width, cfg.scale), self.min_side)
+            x = to_input_tensor(images, self.mean, self.std, size, self.device)
             logits = self.model.predict(
                 x, mode=cfg.mode, crop_size=tuple(cfg.crop_size), stride=tuple(cfg.stride),
                 out_size=(height, width),

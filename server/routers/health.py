@@ -11,7 +11,7 @@ from server.state import ServerState, Status, get_state
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+@router.get("/live", response_model=HealthResponse, response_model_exclude_none=True, responses={503: {"model": HealthResponse}})
 def live(state: ServerState = Depends(get_state)):
     """200 while the process is healthy; 503 only when loading the model failed (restart it)."""
     if state.status is Status.FAILED:
@@ -19,7 +19,7 @@ def live(state: ServerState = Depends(get_state)):
     return HealthResponse(status="alive")
 
 
-@router.get("/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+@router.get("/ready", response_model=HealthResponse, response_model_exclude_none=True, responses={503: {"model": HealthResponse}})
 def ready(state: ServerState = Depends(get_state)):
     """200 once the engines are loaded and warmed up; 503 before that and while draining."""
     if state.status is Status.READY:
