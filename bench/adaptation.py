@@ -79,7 +79,10 @@ def summarize(runs: list[dict], methods: list[str]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | target mIoU (mean) | std | per seed | s/iter |", "|---|---:|---:|---|---:|"]
+    lines = [
+        "| method | target mIoU (mean) | std | per seed | s/iter |",
+        "|---|---:|---:|---|---:|",
+    ]
     for r in rows:
         seeds = ", ".join(f"{100 * s:.2f}" for s in r["per_seed"])
         lines.append(f"| {r['method']} | {100 * r['mean_mIoU']:.2f} | {100 * r['std_mIoU']:.2f} | "
@@ -94,7 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     generate_demo_domains(args.data_root, workers=max(1, args.jobs))
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    jobs = [(args.data_root, args.runs, m, s, args.iters, args.overrides) for s in seeds for m in methods]
+    jobs = [
+        (args.data_root, args.runs, m, s, args.iters, args.overrides)
+        for s in seeds
+        for m in methods
+    ]
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with ctx.Pool(1) as pool:  # a fresh process per method: its own peak memory
             rows.append(pool.apply(measure, (args.preset, method, args.crop, args.batch, args.iters,
                                              args.warmup, args.overrides, args.device)))  # fmt: skip
-    print(f"| method | preset | crop | batch | device | s/iter (median) | peak memory (GiB) |")
+    print("| method | preset | crop | batch | device | s/iter (median) | peak memory (GiB) |")
     print("|---|---|---:|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['preset']} | {r['crop']} | {r['batch']}+{r['batch']} | "

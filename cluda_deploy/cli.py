@@ -49,13 +49,16 @@ def main() -> None:
 def _default_preset(source: str | None, target: str | None) -> str:
     if source in ("demo-source",) or target in ("demo-target",):
         return "demo"
-    return "daformer-mitb5-synthia" if source == "synthia" else "daformer-mitb5"
+    return "cluda-daformer-mitb5-synthia" if source == "synthia" else "cluda-daformer-mitb5"
 
 
 @main.command()
 @click.option("--preset", default=None, help="Named config (see 'cluda presets'). Default: "
-              "daformer-mitb5, or daformer-mitb5-synthia for --source synthia.")
-@click.option("--method", default=None, help="UDA method (default: the preset's). Known: source-only.")
+              "cluda-daformer-mitb5, or cluda-daformer-mitb5-synthia for --source synthia.")
+@click.option("--method", type=click.Choice(["source-only", "dacs", "cluda"]), default=None,
+              help="UDA method (default: the preset's; cluda for the paper presets): source-only "
+              "(supervised on the source), dacs (DAFormer self-training: EMA teacher, ClassMix, "
+              "rare-class sampling, feature distance), cluda (dacs + the CLUDA contrastive loss).")
 @click.option("--source", default=None, help="Source dataset: gta | synthia (| demo-source).")
 @click.option("--target", default=None, help="Target dataset: cityscapes | folder (| demo-target).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
@@ -367,6 +370,123 @@ def import_mmseg_command(checkpoint, arch, out, weights, allow_missing, source, 
     if result.filled:
         click.echo(f"absent optional keys accepted: {len(result.filled)}")
     click.echo(f"next: cluda evaluate --checkpoint {result.out} --dataset cityscapes --data-root data")
+
+
+# --------------------------------------------------------------------------- export / verify
+
+
+def _dims(text: str | None, option: str, allowed: tuple[int, ...]) -> tuple[int, ...] | None:
+    """'512x1024' / '2x512x1024' -> ints; the number of parts must be in ``allowed``."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) not in allowed or min(dims) < 1:
+        shapes = " or ".join({2: "HxW", 3: "NxHxW"}[n] for n in allowed)
+        raise click.BadParameter(f"{option} takes {shapes} with positive integers, got {text!r}")
+    return dims
+
+
+@main.command("export")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+              help="A checkpoint written by 'cluda adapt' (or 'cluda import').")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for model.onnx (+ model_int8.onnx, model.pt2, *.engine), each with a .json sidecar.")
+@click.option("--static", default=None, metavar="HxW|NxHxW",
+              help="Fix the input size (and batch) instead of dynamic N, H, W: one TensorRT engine per size.")
+@click.option("--logits", is_flag=True, help="Add a 'logits' output (N, C, H, W) float32.")
+@click.option("--confidence", is_flag=True, help="Add a 'confidence' output (N, H, W): the top softmax probability.")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), default=None,
+              help="Inference mode (default: the checkpoint's; slide needs --static).")
+@click.option("--scale", default=None, metavar="LONGxSHORT|native",
+              help="Keep-ratio inference size inside the graph (default: the checkpoint's eval.scale).")
+@click.option("--hrda", type=click.Choice(["full", "student"]), default=None,
+              help="HRDA checkpoints only. full (default): context + detail fusion with scale attention, "
+              "the accuracy 'cluda evaluate' reports, several passes per window, needs --static. student: "
+              "the same backbone and DAFormer head once at one scale, fastest, dynamic shapes allowed.")
+@click.option("--weights", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
+              help="Which weights of the checkpoint to export.")
+@click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (network in half precision); "
+              "with --trt build an FP16 engine.")
+@click.option("--int8", is_flag=True, help="Also write model_int8.onnx (Q/DQ, calibrated on --calib); "
+              "with --trt build an INT8 engine.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Folder of target-domain training images for INT8 calibration (not the eval split).")
+@click.option("--calib-images", type=int, default=64, show_default=True, help="Calibration images used.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--aoti", is_flag=True, help="Also compile model.pt2 with AOTInductor (minutes on a CPU).")
+@click.option("--aoti-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--trt", is_flag=True, help="Build TensorRT engines (needs TensorRT >= 10 and a GPU): "
+              "fp32, or the precisions of --fp16/--int8.")
+@click.option("--trt-min", default=None, metavar="NxHxW", help="Smallest input of the engine profile.")
+@click.option("--trt-opt", default=None, metavar="NxHxW", help="Input the engine is tuned for.")
+@click.option("--trt-max", default=None, metavar="NxHxW", help="Largest input of the engine profile.")
+@click.option("--trt-workspace", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
+@click.option("--trt-cache", type=click.Path(file_okay=False), default=None,
+              help="Engine + timing cache folder (default ~/.cache/cluda-deploy/tensorrt).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Real images to verify on (a folder, or a Cityscapes root: labels found give mIoU).")
+@click.option("--max-images", type=int, default=20, show_default=True, help="Verify on at most N of --data.")
+@click.option("--generated", type=int, default=3, show_default=True,
+              help="Procedural street scenes (labelled) of several sizes to verify on.")
+@click.option("--no-verify", is_flag=True, help="Skip the parity checks (not recommended).")
+@friendly_errors
+def export_command(checkpoint, out, static, logits, confidence, mode, scale, hrda, weights, fp16, int8,
+                   calib, calib_images, calib_method, aoti, aoti_device, trt, trt_min, trt_opt, trt_max,
+                   trt_workspace, trt_cache, data, max_images, generated, no_verify):
+    """Export a checkpoint to ONNX (+ FP16, INT8, AOTInductor, TensorRT), each verified against PyTorch.
+
+    The graph takes a uint8 RGB batch (N, H, W, 3) and returns uint8 train ids (N, H, W) at the
+    input size; normalisation, the keep-ratio resize to the checkpoint's inference size, the model,
+    the resize back and the argmax are inside it. Fails (exit 1) when an artefact misses its parity
+    gates; the table and export_report.json say which.
+    """
+    from export.options import ExportOptions
+    from export.pipeline import export_model
+
+    static_dims = _dims(static, "--static", (2, 3))
+    options = ExportOptions(
+        static=None if static_dims is None else ((None, *static_dims) if len(static_dims) == 2 else static_dims),
+        logits=logits, confidence=confidence, mode=mode,
+        scale="checkpoint" if scale is None else (None if scale == "native" else _dims(scale, "--scale", (2,))),
+        hrda=hrda, weights=weights, fp16=fp16, int8=int8, calib=Path(calib) if calib else None,
+        calib_max_images=calib_images, calib_method=calib_method, aoti=aoti, aoti_device=aoti_device,
+        trt=trt, trt_min=_dims(trt_min, "--trt-min", (3,)), trt_opt=_dims(trt_opt, "--trt-opt", (3,)),
+        trt_max=_dims(trt_max, "--trt-max", (3,)), trt_workspace_gib=trt_workspace,
+        trt_cache=Path(trt_cache) if trt_cache else None, data=Path(data) if data else None,
+        max_images=max_images, generated=generated, verify=not no_verify,
+    )  # fmt: skip
+    result = export_model(checkpoint, out, options, echo=click.echo)
+    for name, path in result.artefacts.items():
+        click.echo(f"{name:<10} {path}  (+ {path.name}.json)")
+    click.echo(f"export done; report in {Path(out) / 'export_report.json'}")
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+              help="The checkpoint the model was exported from.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Images to verify on (a folder, or a Cityscapes root: labels found give mIoU).")
+@click.option("--max-images", type=int, default=20, show_default=True)
+@click.option("--generated", type=int, default=3, show_default=True, help="Procedural scenes to add.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
+@friendly_errors
+def verify_command(model, checkpoint, data, max_images, generated, device, json_out):
+    """Check an exported MODEL (.onnx, .pt2, .engine with its sidecar) against its CHECKPOINT."""
+    from export.pipeline import verify_model
+    from export.verify import ParityError
+
+    report = verify_model(model, checkpoint, Path(data) if data else None, max_images, generated, device,
+                          echo=click.echo)  # fmt: skip
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.passed:
+        raise ParityError("parity below the gates: " + "; ".join(report.failures()))
 
 
 if __name__ == "__main__":

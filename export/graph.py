@@ -41,7 +41,7 @@ def keep_ratio_size(height, width, scale: Sequence[int]):
     """mmcv ``imrescale`` output size (DAFormer/HRDA test resize ``keep_ratio=True``), in integers.
 
     The image is scaled by ``min(long / max(h, w), short / min(h, w))`` and each side rounded half
-    up, as ``cluda_deploy.inference.rescale_size`` does in floating point. Here the rounding is
+    up, as ``cluda_deploy.data.transforms.rescale_size`` does in floating point. Here the rounding is
     exact integer arithmetic (``floor(side * a / b + 1/2) = (2 * side * a + b) // (2 * b)``), and
     ``floor(min(x, y) + 1/2) = min(floor(x + 1/2), floor(y + 1/2))`` removes the branch on which
     factor wins. So the sizes work both on ints and on symbolic sizes of a dynamic export
@@ -165,13 +165,14 @@ class DeployModule(nn.Module):
 def select_network(model: nn.Module, hrda: str | None) -> tuple[nn.Module, str | None]:
     """The module the graph runs, and the HRDA mode used (None for a plain segmenter).
 
-    HRDA segmenters (``cluda_deploy.models``, flagged ``is_hrda = True``) run either ``full``
-    (the model itself: its ``predict`` does multi-resolution fusion) or ``student``: the network
-    returned by ``model.single_scale()``, a plain backbone + decode head run once at one scale.
-    ``hrda=None`` on an HRDA checkpoint means ``full`` (what ``cluda evaluate`` measures).
+    An :class:`~cluda_deploy.models.HRDASegmenter` runs either ``full`` (the model itself: each
+    window is its context + detail fusion, what ``cluda evaluate`` measures; the default) or
+    ``student``: a plain :class:`Segmenter` of the same backbone and single-scale DAFormer head
+    (``decode_head.head``), run once on the whole image at the inference size.
     """
-    is_hrda = bool(getattr(model, "is_hrda", False))
-    if not is_hrda:
+    from cluda_deploy.models import HRDASegmenter, Segmenter
+
+    if not isinstance(model, HRDASegmenter):
         if hrda is not None:
             raise ValueError(
                 f"--hrda {hrda} applies to HRDA checkpoints, and this one is a plain "
@@ -183,13 +184,7 @@ def select_network(model: nn.Module, hrda: str | None) -> tuple[nn.Module, str |
         raise ValueError(f"unknown --hrda {mode!r}; choose {' or '.join(HRDA_CHOICES)}")
     if mode == "full":
         return model, mode
-    single_scale = getattr(model, "single_scale", None)
-    if not callable(single_scale):
-        raise ValueError(
-            f"this HRDA model ({type(model).__name__}) has no single_scale() student network; "
-            "export it with --hrda full"
-        )
-    return single_scale(), mode
+    return Segmenter(model.backbone, model.decode_head.head).eval(), mode
 
 
 def needs_static_shape(mode: str, hrda: str | None) -> str | None:

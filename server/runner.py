@@ -15,11 +15,11 @@ GRACEFUL_SHUTDOWN_S = 10
 def check_model(settings: ServerSettings) -> str:
     """Fail fast (before uvicorn starts) on a missing or unknown model file; returns the backend."""
     from server.engines import backend_for
-    from server.engines.sidecar import read_sidecar
+    from server.engines.sidecar import read_model_sidecar
 
     backend = backend_for(settings.model)
     if backend != "torch":
-        read_sidecar(settings.model)
+        read_model_sidecar(settings.model)
     return backend
 
 

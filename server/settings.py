@@ -74,6 +74,12 @@ class ServerSettings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         return _split_list(value)
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # CLUDA_SERVE_API_KEY= (empty, e.g. from compose's ${VAR:-}) means "no key", not "".
+        return None if value in ("", None) else value
+
     @field_validator("warmup_sizes")
     @classmethod
     def _sizes_parse(cls, value: list[str]) -> list[str]:

@@ -63,7 +63,10 @@ def fake_block(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
 
 
 def test_hf_to_mmseg_rules():
-    assert hf_to_mmseg("stages.0.patch_embeddings.proj.weight") == ("patch_embed1.proj.weight", None)
+    assert hf_to_mmseg("stages.0.patch_embeddings.proj.weight") == (
+        "patch_embed1.proj.weight",
+        None,
+    )
     assert hf_to_mmseg("stages.2.blocks.39.attention.k_proj.bias") == ("block3.39.attn.kv.bias", 0)
     assert hf_to_mmseg("stages.3.layer_norm.weight") == ("norm4.weight", None)
     with pytest.raises(KeyError, match="no mmseg MiT counterpart"):
@@ -71,9 +74,13 @@ def test_hf_to_mmseg_rules():
 
 
 def test_mit_b5_map_equals_the_verified_map():
-    target = {k: shape for k, (shape, _) in target_state(get_preset("daformer-mitb5").model).items()}
+    target = {
+        k: shape for k, (shape, _) in target_state(get_preset("daformer-mitb5").model).items()
+    }
     ours = {
-        m.target[len(HF_PREFIX) :]: m for m in source_key_map(target) if m.target.startswith(HF_PREFIX)
+        m.target[len(HF_PREFIX) :]: m
+        for m in source_key_map(target)
+        if m.target.startswith(HF_PREFIX)
     }
     assert len(ours) == len(verified_map()) == 1156
     for hf5, entry in verified_map().items():

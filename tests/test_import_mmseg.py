@@ -44,7 +44,9 @@ TINY = [
     "eval.crop_size=64x64", "eval.stride=32x32",
 ]  # fmt: skip
 TINY_MIT = MIT_VARIANTS["mit_tiny"]
-MMSEG_CONFIG_TEXT = "data = dict(train=dict(type='UDADataset', source=dict(type='{}', data_root='data/gta/')))"
+MMSEG_CONFIG_TEXT = (
+    "data = dict(train=dict(type='UDADataset', source=dict(type='{}', data_root='data/gta/')))"
+)
 
 
 # --------------------------------------------------------------------------- synthetic files
@@ -78,7 +80,10 @@ def mmseg_mit_state(gen: torch.Generator, ln_gain: float = 1.0) -> dict[str, tor
                 norm(p + "attn.norm", c)
             state[p + "attn.proj.weight"], state[p + "attn.proj.bias"] = rand(c, c), rand(c)
             norm(p + "norm2", c)
-            state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"] = rand(ratio * c, c), rand(ratio * c)
+            state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"] = (
+                rand(ratio * c, c),
+                rand(ratio * c),
+            )
             state[p + "mlp.dwconv.dwconv.weight"] = rand(ratio * c, 1, 3, 3)
             state[p + "mlp.dwconv.dwconv.bias"] = rand(ratio * c)
             state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"] = rand(c, ratio * c), rand(c)
@@ -125,7 +130,9 @@ def training_file(path, arch: str, **meta_kwargs) -> tuple[dict, dict]:
         state.update({prefix + k: v for k, v in block.items()})
     optimizer = {"state": {0: {"step": 40000, "exp_avg": torch.zeros(2)}},
                  "param_groups": [{"lr": 6e-5, "betas": (0.9, 0.999), "params": [0, 1]}]}  # fmt: skip
-    torch.save({"meta": mmseg_meta(**meta_kwargs), "state_dict": state, "optimizer": optimizer}, path)
+    torch.save(
+        {"meta": mmseg_meta(**meta_kwargs), "state_dict": state, "optimizer": optimizer}, path
+    )
     return student, teacher
 
 
@@ -164,7 +171,9 @@ def mmseg_mit_forward(state: dict, x: torch.Tensor, block_eps: float = 1e-6) -> 
             reduced = y
             if sr > 1:
                 grid = y.transpose(1, 2).reshape(b, c, h, w)
-                grid = F.conv2d(grid, state[p + "attn.sr.weight"], state[p + "attn.sr.bias"], stride=sr)
+                grid = F.conv2d(
+                    grid, state[p + "attn.sr.weight"], state[p + "attn.sr.bias"], stride=sr
+                )
                 reduced = norm(grid.flatten(2).transpose(1, 2), p + "attn.norm", 1e-5)
             kv = F.linear(reduced, state[p + "attn.kv.weight"], state[p + "attn.kv.bias"])
             k, val = kv.reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
@@ -235,14 +244,19 @@ def test_training_form_student_teacher_meta_and_provenance(tmp_path):
     for weights, block in (("student", student), ("teacher", teacher)):
         out = tmp_path / f"{weights}.pt"
         result = import_mmseg(src, "hrda-mitb5", out, weights=weights, overrides=TINY)
-        assert result.form == "training" and result.prefix == {"student": "model.", "teacher": "ema_model."}[weights]
+        assert (
+            result.form == "training"
+            and result.prefix == {"student": "model.", "teacher": "ema_model."}[weights]
+        )
         model, info = load_segmenter(out)
         state = model.state_dict()
         assert torch.equal(state["backbone.segformer.stages.1.blocks.0.attention.k_proj.weight"],
                            kv_split(block, "backbone.block2.0.attn.kv.weight", 0))  # fmt: skip
         assert torch.equal(state["backbone.segformer.stages.1.blocks.0.attention.v_proj.bias"],
                            kv_split(block, "backbone.block2.0.attn.kv.bias", 1))  # fmt: skip
-        assert torch.equal(state["backbone.segformer.stages.3.layer_norm.weight"], block["backbone.norm4.weight"])
+        assert torch.equal(
+            state["backbone.segformer.stages.3.layer_norm.weight"], block["backbone.norm4.weight"]
+        )
         for key in [k for k in block if k.startswith("decode_head.")]:
             assert torch.equal(state[key], block[key]), key
     imported = info.provenance["imported"]
@@ -259,8 +273,14 @@ def test_training_form_student_teacher_meta_and_provenance(tmp_path):
 
 def test_published_and_bare_forms(tmp_path):
     block = tiny_block("daformer-mitb5")
-    published, bare, wrapped = tmp_path / "latest.pth", tmp_path / "bare.pth", tmp_path / "wrapped.pth"
-    torch.save({"meta": mmseg_meta(), "state_dict": {"model." + k: v for k, v in block.items()}}, published)
+    published, bare, wrapped = (
+        tmp_path / "latest.pth",
+        tmp_path / "bare.pth",
+        tmp_path / "wrapped.pth",
+    )
+    torch.save(
+        {"meta": mmseg_meta(), "state_dict": {"model." + k: v for k, v in block.items()}}, published
+    )
     torch.save(block, bare)
     torch.save({"state_dict": block}, wrapped)
     forms = {p: read_mmseg_file(p).form for p in (published, bare, wrapped)}
@@ -271,9 +291,13 @@ def test_published_and_bare_forms(tmp_path):
         model, _ = load_segmenter(result.out)
         outputs.append(model.state_dict())
     for key in outputs[0]:
-        assert torch.equal(outputs[0][key], outputs[1][key]) and torch.equal(outputs[0][key], outputs[2][key])
+        assert torch.equal(outputs[0][key], outputs[1][key]) and torch.equal(
+            outputs[0][key], outputs[2][key]
+        )
     with pytest.raises(MMSegImportError, match="holds no ema_model.* .*use --weights student"):
-        import_mmseg(published, "daformer-mitb5", tmp_path / "t.pt", weights="teacher", overrides=TINY)
+        import_mmseg(
+            published, "daformer-mitb5", tmp_path / "t.pt", weights="teacher", overrides=TINY
+        )
 
 
 def test_synthia_source_is_read_from_the_config_text(tmp_path):
@@ -289,7 +313,9 @@ def test_synthia_source_is_read_from_the_config_text(tmp_path):
 
 
 def save_student(path, block: dict) -> None:
-    torch.save({"meta": mmseg_meta(), "state_dict": {"model." + k: v for k, v in block.items()}}, path)
+    torch.save(
+        {"meta": mmseg_meta(), "state_dict": {"model." + k: v for k, v in block.items()}}, path
+    )
 
 
 def test_missing_unknown_and_misshaped_keys_are_named(tmp_path):
@@ -304,7 +330,10 @@ def test_missing_unknown_and_misshaped_keys_are_named(tmp_path):
     assert "\n" not in message
     assert "1 missing: model.backbone.block1.0.attn.kv.weight (expected [32, 16])" in message
     assert "1 unknown: model.decode_head.head.extra.weight [3]" in message
-    assert "model.decode_head.head.conv_seg.weight is [19, 31, 1, 1], expected [19, 32, 1, 1]" in message
+    assert (
+        "model.decode_head.head.conv_seg.weight is [19, 31, 1, 1], expected [19, 32, 1, 1]"
+        in message
+    )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -312,9 +341,14 @@ def test_the_wrong_arch_is_refused_and_the_right_one_suggested(tmp_path):
     save_student(tmp_path / "daformer.pth", tiny_block("daformer-mitb5"))
     with pytest.raises(KeyMismatchError, match=r"fit --arch daformer-mitb5$") as info:
         import_mmseg(tmp_path / "daformer.pth", "hrda-mitb5", tmp_path / "x.pt", overrides=TINY)
-    assert "missing: model.decode_head.head.conv_seg.weight (expected [19, 32, 1, 1])" in str(info.value)
+    assert "missing: model.decode_head.head.conv_seg.weight (expected [19, 32, 1, 1])" in str(
+        info.value
+    )
     assert "unknown: model.decode_head.conv_seg.weight [19, 32, 1, 1]" in str(info.value)
-    assert "decode_head.scale_attention.conv_seg.weight (expected [19, 16, 1, 1])" in info.value.missing
+    assert (
+        "decode_head.scale_attention.conv_seg.weight (expected [19, 16, 1, 1])"
+        in info.value.missing
+    )
     assert not info.value.optional_only
 
 
@@ -322,7 +356,9 @@ def test_cluda_weighting_head_is_dropped_and_optional(tmp_path):
     overrides = [*TINY, "model.embed_dim=48"]  # CLUDA's wider decoder embedding, shrunk
     block = tiny_block("cluda-hrda-mitb5", overrides=overrides)
     save_student(tmp_path / "cluda.pth", block)
-    result = import_mmseg(tmp_path / "cluda.pth", "cluda-hrda-mitb5", tmp_path / "c.pt", overrides=overrides)
+    result = import_mmseg(
+        tmp_path / "cluda.pth", "cluda-hrda-mitb5", tmp_path / "c.pt", overrides=overrides
+    )
     weighter = sorted(k for k in block if k.startswith("decode_head.feat_weighter."))
     assert len(weighter) == 16 and sorted(result.dropped) == weighter
     model, info = load_segmenter(result.out)
@@ -331,8 +367,13 @@ def test_cluda_weighting_head_is_dropped_and_optional(tmp_path):
 
     pruned = {k: v for k, v in block.items() if not k.startswith("decode_head.feat_weighter.")}
     save_student(tmp_path / "pruned.pth", pruned)
-    with pytest.raises(KeyMismatchError, match=r"16 missing: model.decode_head.feat_weighter.conv_seg.weight \(expected \[1, 16, 1, 1\]\).*optional .*: --allow-missing$"):
-        import_mmseg(tmp_path / "pruned.pth", "cluda-hrda-mitb5", tmp_path / "p.pt", overrides=overrides)
+    with pytest.raises(
+        KeyMismatchError,
+        match=r"16 missing: model.decode_head.feat_weighter.conv_seg.weight \(expected \[1, 16, 1, 1\]\).*optional .*: --allow-missing$",
+    ):
+        import_mmseg(
+            tmp_path / "pruned.pth", "cluda-hrda-mitb5", tmp_path / "p.pt", overrides=overrides
+        )
     result = import_mmseg(tmp_path / "pruned.pth", "cluda-hrda-mitb5", tmp_path / "p.pt",
                           overrides=overrides, allow_missing=True)  # fmt: skip
     assert sorted(result.filled) == weighter and result.dropped == []
@@ -344,7 +385,9 @@ def test_absent_batchnorm_counters_need_allow_missing(tmp_path):
     block = {k: v for k, v in full.items() if k not in counters}
     save_student(tmp_path / "no_counters.pth", block)
     with pytest.raises(KeyMismatchError, match="num_batches_tracked"):
-        import_mmseg(tmp_path / "no_counters.pth", "daformer-mitb5", tmp_path / "x.pt", overrides=TINY)
+        import_mmseg(
+            tmp_path / "no_counters.pth", "daformer-mitb5", tmp_path / "x.pt", overrides=TINY
+        )
     result = import_mmseg(tmp_path / "no_counters.pth", "daformer-mitb5", tmp_path / "x.pt",
                           overrides=TINY, allow_missing=True)  # fmt: skip
     model, _ = load_segmenter(result.out)
@@ -405,7 +448,9 @@ def test_cli_import_then_evaluate_and_predict_unchanged(tiny_demo_root, tmp_path
     runner = CliRunner()
     sets = [arg for item in TINY for arg in ("--set", item)]
     out = tmp_path / "mic.pt"
-    result = runner.invoke(main, ["import", "mmseg", str(src), "--arch", "mic-hrda-mitb5", "--out", str(out), *sets])
+    result = runner.invoke(
+        main, ["import", "mmseg", str(src), "--arch", "mic-hrda-mitb5", "--out", str(out), *sets]
+    )
     assert result.exit_code == 0, result.output
     assert f"-> {out}" in result.output and read_checkpoint(out)["provenance"]["method"] == "mic"
 

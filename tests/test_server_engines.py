@@ -19,9 +19,10 @@ from cluda_deploy.config import IMAGENET_MEAN, IMAGENET_STD, get_preset
 from cluda_deploy.inference import segment_image
 from cluda_deploy.labels import cityscapes_label_space
 from cluda_deploy.models import create_segmenter
+from export.sidecar import SIDECAR_FORMAT
+from export.sidecar import write_sidecar as write_export_sidecar
 from server.engines import EngineError, load_engine
-from server.engines.base import resize_batch
-from server.engines.sidecar import SIDECAR_FORMAT
+from server.engines.base import fit_min_side, resize_batch
 
 
 def make_demo_checkpoint(path):
@@ -58,14 +59,15 @@ class TinyContractModel(nn.Module):
 
 
 def write_sidecar(model_path, backend: str, outputs: list[str], shape: list) -> None:
-    sidecar = {
+    """The export contract's sidecar, written with ``export.sidecar.write_sidecar``."""
+    write_export_sidecar(model_path, {
         "format": SIDECAR_FORMAT, "version": 1, "backend": backend, "precision": "fp32",
         "label_space": cityscapes_label_space().to_dict(),
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "shape": shape},
-        "outputs": outputs, "provenance": {"test": True}, "hashes": {},
-    }  # fmt: skip
-    model_path.with_name(model_path.name + ".json").write_text(json.dumps(sidecar))
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "applied_in_graph": True},
+        "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": 3, "color": "RGB",
+                  "shape": shape, "min_side": 8},
+        "outputs": [{"name": name} for name in outputs], "provenance": {"test": True}, "hashes": {},
+    })  # fmt: skip
 
 
 def export_onnx(module: nn.Module, path, example: torch.Tensor, dynamic: bool, outputs: list[str]):
@@ -76,7 +78,7 @@ def export_onnx(module: nn.Module, path, example: torch.Tensor, dynamic: bool, o
     torch.onnx.export(module.eval(), (example,), str(path), dynamo=True, input_names=["images"],
                       output_names=outputs, dynamic_shapes=dims, opset_version=18, verbose=False)  # fmt: skip
     shape = ["N", "H", "W", 3] if dynamic else list(example.shape)
-    write_sidecar(path, "onnxruntime", outputs, shape)
+    write_sidecar(path, "onnx", outputs, shape)
     return path
 
 
@@ -132,6 +134,21 @@ def test_onnx_engine_dynamic_matches_pytorch(onnx_models):
     assert engine.infer(images).confidence is None
 
 
+def test_images_below_the_minimum_side_are_upscaled_and_answered_at_their_size(demo_checkpoint, onnx_models):
+    torch_engine = load_engine(demo_checkpoint, "cpu")
+    assert torch_engine.info.min_side == 29  # the demo MiT's key/value reductions need that much
+    out = torch_engine.infer(_images(2, 8, 45), confidence=True)
+    assert out.labels.shape == (2, 8, 45) and out.confidence.shape == (2, 8, 45)
+    onnx_engine = load_engine(onnx_models["dynamic"], "cpu")
+    assert onnx_engine.info.min_side == 8 and onnx_engine.infer(_images(1, 5, 6)).labels.shape == (1, 5, 6)
+
+
+def test_fit_min_side_hand_worked():
+    assert fit_min_side((20, 45), 29) == (29, 65)  # 45 * 29 / 20 = 65.25
+    assert fit_min_side((8, 8), 29) == (29, 29)
+    assert fit_min_side((100, 30), 29) == (100, 30)
+
+
 def test_onnx_engine_static_resizes_and_loops_over_the_batch(onnx_models):
     engine = load_engine(onnx_models["static"], "cpu")
     assert engine.info.static_size == (24, 32) and engine.info.max_batch == 1
@@ -154,15 +171,18 @@ def test_engine_files_fail_with_the_fix(tmp_path, onnx_models, monkeypatch):
         load_engine(unknown)
     bare = tmp_path / "bare.onnx"
     bare.write_bytes(onnx_models["dynamic"].read_bytes())
-    with pytest.raises(EngineError, match=r"bare\.onnx\.json not found.*re-export"):
+    with pytest.raises(EngineError, match=r"has no sidecar bare\.onnx\.json.*re-export"):
         load_engine(bare, "cpu")
     bare.with_name("bare.onnx.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(EngineError, match="not a cluda-deploy sidecar"):
         load_engine(bare, "cpu")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a protobuf")
-    write_sidecar(garbage, "onnxruntime", ["labels"], ["N", "H", "W", 3])
+    write_sidecar(garbage, "onnx", ["labels"], ["N", "H", "W", 3])
     with pytest.raises(EngineError, match="onnxruntime cannot load"):
+        load_engine(garbage, "cpu")
+    garbage.write_bytes(b"replaced after export")
+    with pytest.raises(EngineError, match="does not match its sidecar"):
         load_engine(garbage, "cpu")
     with pytest.raises(EngineError, match="has only the CPU provider"):
         load_engine(onnx_models["dynamic"], "cuda:0")

@@ -48,9 +48,41 @@ def servers(tmp_path_factory):
             "--device", "cpu", "--warmup-size", "256x512", "--max-batch", "1"],
             env={"CLUDA_SERVE_DRAIN_GRACE_S": "1.5"}),
     }  # fmt: skip
+    started["lifecycle"].readiness = []
+    started["lifecycle"].watcher = threading.Thread(target=_watch_readiness, args=(started["lifecycle"],), daemon=True)
+    started["lifecycle"].watcher.start()
     yield started
     for server in started.values():
         server.stop()
+
+
+def _watch_readiness(server: ServerProcess) -> None:
+    """Record /health/ready from the moment the server listens until it first says ready."""
+    url = server.wait_listening()
+    while True:
+        response = httpx.get(f"{url}/health/ready", timeout=30)
+        early = httpx.post(f"{url}/v1/segment", content=encode(rgb_image(8, 8)), timeout=30,
+                           headers={"Content-Type": "image/png"})  # fmt: skip
+        server.readiness.append((response.status_code, response.json()["status"],
+                                 response.headers.get("retry-after"), early.status_code))  # fmt: skip
+        if response.status_code == 200:
+            return
+        time.sleep(0.05)
+
+
+def _raw_exchange(base_url: str, request: bytes) -> str:
+    """Send raw bytes, return the response head and body as text (read up to Content-Length)."""
+    url = urlparse(base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536) or b"EOF"
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:]).get(b"content-length", 0))
+        while len(body) < length:
+            body += sock.recv(65536)
+    return (head + b"\r\n\r\n" + body).decode()
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +208,9 @@ def test_wrong_types_params_and_parts_are_4xx(api):
 
 
 def test_body_cap_on_declared_and_streamed_bytes(api):
-    host, port = urlparse(str(api.base_url)).hostname, urlparse(str(api.base_url)).port
-    with socket.create_connection((host, port), timeout=10) as sock:  # declares 100 GB, sends nothing
-        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"X-API-Key: " + API_KEY.encode() + b"\r\nContent-Length: 100000000000\r\n\r\n")  # fmt: skip
-        reply = sock.recv(4096).decode()
+    reply = _raw_exchange(str(api.base_url), (  # declares 100 GB, sends nothing
+        b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-API-Key: "
+        + API_KEY.encode() + b"\r\nContent-Length: 100000000000\r\n\r\n"))  # fmt: skip
     assert reply.startswith("HTTP/1.1 413") and "over the limit of 2000000" in reply
 
     def chunks():  # no Content-Length: the cap must count the streamed bytes
@@ -235,11 +265,9 @@ def test_queue_full_is_503_with_retry_after_and_slow_inference_504(servers):
 
 
 def test_slow_upload_is_408(servers):
-    url = urlparse(servers["limits"].wait_ready())
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 1000\r\n\r\n" + b"\x89PNG")  # then nothing more  # fmt: skip
-        reply = sock.recv(4096).decode()
+    reply = _raw_exchange(servers["limits"].wait_ready(), (
+        b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n\x89PNG"))  # and then nothing more  # fmt: skip
     assert reply.startswith("HTTP/1.1 408") and "did not arrive within 0.3 s" in reply
 
 
@@ -248,18 +276,12 @@ def test_slow_upload_is_408(servers):
 
 def test_ready_only_after_warmup_and_drain_on_sigterm(servers):
     server = servers["lifecycle"]
-    url = server.wait_listening()
-    seen = []
-    while True:  # from the first answer until ready
-        response = httpx.get(f"{url}/health/ready", timeout=10)
-        seen.append(response.json()["status"])
-        if response.status_code == 200:
-            break
-        assert response.status_code == 503 and response.headers["retry-after"] == "1"
-        early = httpx.post(f"{url}/v1/segment", content=encode(rgb_image(8, 8)), headers={"Content-Type": "image/png"})
-        assert early.status_code == 503 and "not ready" in early.json()["detail"]
-        time.sleep(0.05)
-    assert seen[0] in ("loading", "warming_up") and seen[-1] == "ready", seen
+    url = server.wait_ready()
+    server.watcher.join(60)
+    seen = server.readiness  # recorded from the first moment it listened (see _watch_readiness)
+    assert seen[-1][:2] == (200, "ready") and len(seen) >= 2, seen
+    for status, state, retry_after, segment_status in seen[:-1]:
+        assert (status, retry_after, segment_status) == (503, "1", 503) and state in ("loading", "warming_up")
     assert httpx.get(f"{url}/health/live").status_code == 200
 
     body = encode(np.full((256, 512, 3), 60, np.uint8))

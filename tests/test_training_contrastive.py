@@ -101,7 +101,9 @@ def test_streamed_equals_released_dense_formula(faithful, chunk):
     feats, labels, weights = random_case(seed=chunk)
     ref_feats = feats.detach().clone().requires_grad_()
     dense = released_contrastive_loss(ref_feats, labels, weights, faithful_ordering=faithful)
-    rows, flat_labels, flat_weights = flatten_pixels(feats, labels, weights, faithful_ordering=faithful)
+    rows, flat_labels, flat_weights = flatten_pixels(
+        feats, labels, weights, faithful_ordering=faithful
+    )
     streamed = pixel_contrastive_loss(rows, flat_labels, flat_weights, void_as_class=True,
                                       chunk_size=chunk)  # fmt: skip
     assert streamed.item() == pytest.approx(dense.item(), abs=1e-5)

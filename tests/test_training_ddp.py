@@ -32,7 +32,7 @@ def digest(module):
 root, out = sys.argv[1], sys.argv[2]
 cfg = resolve_config("demo", [f"data.root={root}", "train.method=cluda", "train.iters=2",
                               "train.eval_interval=2", "train.checkpoint_interval=2",
-                              "data.batch_size=1", "data.crop_size=64x64", "train.device=cpu"])
+                              "data.batch_size=1", "data.crop_size=32x32", "train.device=cpu"])
 result = loop.adapt(cfg, out, progress=False)
 rank = os.environ["RANK"]
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

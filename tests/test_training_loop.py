@@ -78,27 +78,30 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_demo_root, tmp_path):
         adapt(demo_config(tiny_demo_root), tmp_path / "fresh", resume=True, progress=False)
 
 
-def test_cluda_ctrl_c_saves_after_the_step_and_resume_is_bit_exact(tiny_demo_root, tmp_path, monkeypatch):
-    cfg = demo_config(tiny_demo_root, method="cluda")
+def test_cluda_ctrl_c_saves_after_the_step_and_resume_is_bit_exact(
+    tiny_demo_root, tmp_path, monkeypatch
+):
+    cfg = demo_config(tiny_demo_root, iters=4, method="cluda", **{"train.eval_interval": 2,
+                      "data.crop_size": "32x32"})  # fmt: skip
     straight = adapt(cfg, tmp_path / "straight", progress=False)
 
     original_step = CLUDA.step
 
     def ctrl_c_during_step(self, nets, batch, iteration):
-        if iteration == 3:
+        if iteration == 1:
             signal.raise_signal(signal.SIGINT)  # handled: this step finishes, then the loop stops
         return original_step(self, nets, batch, iteration)
 
     monkeypatch.setattr(CLUDA, "step", ctrl_c_during_step)
     stopped = adapt(cfg, tmp_path / "resumed", progress=False)
-    assert stopped.interrupted and stopped.iterations == 4
+    assert stopped.interrupted and stopped.iterations == 2
     saved = read_checkpoint(stopped.latest)
-    assert saved["training_state"]["iteration"] == 4
+    assert saved["training_state"]["iteration"] == 2
     assert "teacher_state_dict" in saved and saved["training_state"]["imnet_backbone"]
     monkeypatch.setattr(CLUDA, "step", original_step)
 
     resumed = adapt(cfg, tmp_path / "resumed", resume=True, progress=False)
-    assert resumed.iterations == 6
+    assert resumed.iterations == 4
     a, b = read_checkpoint(straight.latest), read_checkpoint(resumed.latest)
     for key in ("state_dict", "teacher_state_dict"):
         for name, value in a[key].items():

@@ -49,7 +49,10 @@ def test_step_terms_and_gradients(method, terms):
     assert all(p.grad is not None for p in student.parameters())
     assert all(p.grad is None for p in nets.teacher.parameters())
     assert all(p.grad is None for p in nets.imnet_backbone.parameters())
-    for key, value in nets.teacher.state_dict().items():  # the loop, not the step, moves the teacher
+    for (
+        key,
+        value,
+    ) in nets.teacher.state_dict().items():  # the loop, not the step, moves the teacher
         if "running" not in key and "num_batches" not in key:
             assert torch.equal(value, teacher_before[key]), key
     if method != "source-only":
@@ -70,7 +73,9 @@ def test_switches_remove_terms():
 def test_pseudo_label_weight_and_margins():
     cfg, _, nets, batch = setup("dacs", **{"uda.pseudo_ignore_top": 3,
                                            "uda.pseudo_ignore_bottom": 5})  # fmt: skip
-    labels, weight, quality = create_method("dacs", cfg).pseudo_label(nets.teacher, batch.target_images)
+    labels, weight, quality = create_method("dacs", cfg).pseudo_label(
+        nets.teacher, batch.target_images
+    )
     assert labels.shape == (2, 64, 64)
     assert (weight[:, :3] == 0).all() and (weight[:, -5:] == 0).all()
     assert torch.allclose(weight[:, 3:-5], quality)

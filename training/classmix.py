@@ -17,7 +17,9 @@ def num_mix_classes(num_classes_present: int) -> int:
     return (num_classes_present + num_classes_present % 2) // 2
 
 
-def choose_mix_classes(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def choose_mix_classes(
+    labels: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Classes to paste for one sample: a random half (rounded up) of ``unique(labels)``.
 
     labels: the source labels of the whole batch, (B, H, W); 255 counts as a class.
@@ -35,7 +37,9 @@ def class_mask(label: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 def class_masks(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One ClassMix mask per sample: ``labels (B, H, W)`` -> ``masks (B, H, W)`` float in {0, 1}."""
-    return torch.stack([class_mask(label, choose_mix_classes(labels, generator)) for label in labels])
+    return torch.stack(
+        [class_mask(label, choose_mix_classes(labels, generator)) for label in labels]
+    )
 
 
 def mix(mask: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,9 @@ def resample_to_grid(
     if tuple(labels.shape[-2:]) != size:
         labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
     if weights is not None and tuple(weights.shape[-2:]) != size:
-        weights = F.interpolate(weights[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
+        weights = F.interpolate(
+            weights[:, None].float(), size=size, mode="bilinear", align_corners=True
+        )[:, 0]
     return features, labels, weights
 
 
@@ -127,14 +129,24 @@ def pixel_contrastive_loss(
         rows = F.normalize(features.float(), dim=1)
         n = rows.shape[0]
         rho = torch.ones(n, device=rows.device) if weights is None else weights.float().detach()
-        valid = torch.ones_like(labels, dtype=torch.bool) if void_as_class else labels != ignore_index
+        valid = (
+            torch.ones_like(labels, dtype=torch.bool) if void_as_class else labels != ignore_index
+        )
         num_anchors = n if void_as_class else int(valid.sum())
         if num_anchors == 0:
             return rows.sum() * 0.0
         total = rows.new_zeros(())
         for start in range(0, n, chunk_size):
             anchor_rows = torch.arange(start, min(start + chunk_size, n), device=rows.device)
-            args = (rows[start : start + chunk_size], anchor_rows, rows, labels, rho, valid, temperature)
+            args = (
+                rows[start : start + chunk_size],
+                anchor_rows,
+                rows,
+                labels,
+                rho,
+                valid,
+                temperature,
+            )
             if torch.is_grad_enabled() and rows.requires_grad:
                 part = checkpoint(_chunk_loss, *args, use_reentrant=False, preserve_rng_state=False)
             else:

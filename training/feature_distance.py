@@ -26,7 +26,11 @@ def frozen_encoder(encoder: nn.Module) -> nn.Module:
 
 
 def downscale_label_ratio(
-    labels: torch.Tensor, scale: int, min_ratio: float, num_classes: int, ignore_index: int = IGNORE_INDEX
+    labels: torch.Tensor,
+    scale: int,
+    min_ratio: float,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """``labels (B, H, W)`` -> ``(B, H // scale, W // scale)`` majority labels of ``scale``x``scale`` blocks.
 

@@ -38,7 +38,9 @@ def domain_root(cfg: Config, domain: str) -> Path:
 def domain_dataset(cfg: Config, domain: str, split: str = "train") -> SegmentationDataset:
     name = cfg.data.source if domain == "source" else cfg.data.target
     # Target labels are never used in training: do not require them.
-    return create_dataset(name, domain_root(cfg, domain), split=split, require_labels=domain == "source")
+    return create_dataset(
+        name, domain_root(cfg, domain), split=split, require_labels=domain == "source"
+    )
 
 
 class StepCrops(Dataset):

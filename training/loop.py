@@ -68,7 +68,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_to_tuple(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    np.random.set_state(
+        (kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -193,7 +195,9 @@ def adapt(
             label_space=label_space,
             state_dict=student.state_dict(),
             provenance={"iteration": iteration, "val_miou": best_miou if name == "best" else None},
-            teacher_state_dict=teacher.state_dict() if teacher is not None and training_state else None,
+            teacher_state_dict=teacher.state_dict()
+            if teacher is not None and training_state
+            else None,
             training_state=training_state,
             mean=mean,
             std=std,
@@ -202,7 +206,9 @@ def adapt(
 
     def evaluate(iteration: int) -> None:
         nonlocal best_miou
-        scores = evaluate_pairs(student, val_pairs, cfg.eval, label_space, mean, std, device, progress=False)
+        scores = evaluate_pairs(
+            student, val_pairs, cfg.eval, label_space, mean, std, device, progress=False
+        )
         record = {"iteration": iteration, **scores.to_dict()}
         history.append(record)
         (run_dir / "eval").mkdir(exist_ok=True)
@@ -230,11 +236,11 @@ def adapt(
             for iteration in range(start, cfg.train.iters):
                 step_rng = rng_state()  # what an interrupt inside this step must save
                 source = next(source_iter)
-                target = next(target_iter) if target_iter is not None else None
+                target = next(target_iter)["image"] if target_iter is not None else None
                 batch = StepBatch(
                     source_images=source["image"].to(device, non_blocking=True),
                     source_labels=source["label"].to(device, non_blocking=True),
-                    target_images=None if target is None else target["image"].to(device, non_blocking=True),
+                    target_images=None if target is None else target.to(device, non_blocking=True),
                 )
                 optimizer.zero_grad(set_to_none=True)
                 with autocast_context(device, cfg.train.amp):
@@ -257,7 +263,9 @@ def adapt(
                         writer.add_scalar(f"train/{key}", float(value), done)
                     for group in optimizer.param_groups:
                         writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], done)
-                    writer.add_scalar("train/it_per_s", cfg.train.log_interval / (time.perf_counter() - tic), done)
+                    writer.add_scalar(
+                        "train/it_per_s", cfg.train.log_interval / (time.perf_counter() - tic), done
+                    )
                     tic = time.perf_counter()
                 if is_main and done % cfg.train.image_log_interval == 0:
                     log_images(writer, batch, out, label_space, mean, std, done)
@@ -266,11 +274,15 @@ def adapt(
                         evaluate(done)
                     barrier(ctx)
                 stopping = any_rank(stop.requested, ctx)
-                if is_main and (stopping or done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters):
+                if is_main and (
+                    stopping or done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters
+                ):
                     save("latest", done)
                 if stopping:
                     interrupted = True
-                    tqdm.write(f"stopped: saved latest.pt at iteration {done}; continue with --resume")
+                    tqdm.write(
+                        f"stopped: saved latest.pt at iteration {done}; continue with --resume"
+                    )
                     break
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the signal handler's reach
         interrupted = True
@@ -301,7 +313,9 @@ def _restore_frozen_networks(
     method = data.get("provenance", {}).get("method", "?")
     if teacher is not None:
         if "teacher_state_dict" not in data:
-            raise ValueError(f"{path} has no EMA teacher (written by method {method!r}); resume with that method")
+            raise ValueError(
+                f"{path} has no EMA teacher (written by method {method!r}); resume with that method"
+            )
         teacher.load_state_dict(data["teacher_state_dict"])
     if imnet is not None:
         state = data["training_state"].get("imnet_backbone")

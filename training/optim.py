@@ -42,7 +42,11 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(
-        param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kwargs
+        param_groups(model, cfg),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        weight_decay=cfg.weight_decay,
+        **kwargs,
     )
 
 
@@ -62,4 +66,6 @@ def lr_factor(step: int, max_iters: int, cfg: OptimConfig) -> float:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, max_iters: int, cfg: OptimConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, max_iters, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, max_iters, cfg)
+    )

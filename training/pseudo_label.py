@@ -37,7 +37,9 @@ def pseudo_weight_map(
     """Per-pixel weight ``(B, H, W)``: ``quality`` everywhere, 0 on the first ``ignore_top`` and
     the last ``ignore_bottom`` rows of each crop."""
     if ignore_top < 0 or ignore_bottom < 0:
-        raise ValueError(f"pseudo-label margins must be >= 0, got top={ignore_top} bottom={ignore_bottom}")
+        raise ValueError(
+            f"pseudo-label margins must be >= 0, got top={ignore_top} bottom={ignore_bottom}"
+        )
     weight = quality.to(torch.float32).expand(shape).clone()
     if ignore_top > 0:
         weight[:, :ignore_top, :] = 0

@@ -21,7 +21,9 @@ from training.feed import IndexPicker
 log = logging.getLogger("cluda.adapt")
 
 
-def rcs_class_probs(class_pixels: dict[int, int], temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def rcs_class_probs(
+    class_pixels: dict[int, int], temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
     """``{class: pixels}`` -> ``(classes, probabilities)``, ``P(c) = softmax((1 - f_c) / T)``.
 
     Classes come out sorted by pixel count, rarest first, as in the reference.
@@ -30,7 +32,9 @@ def rcs_class_probs(class_pixels: dict[int, int], temperature: float) -> tuple[n
         raise ValueError(f"rare-class sampling temperature must be > 0, got {temperature}")
     present = sorted(((n, c) for c, n in class_pixels.items() if n > 0))
     if not present:
-        raise ValueError("rare-class sampling needs class statistics with at least one labelled pixel")
+        raise ValueError(
+            "rare-class sampling needs class statistics with at least one labelled pixel"
+        )
     counts = torch.tensor([n for n, _ in present], dtype=torch.float64)
     freq = counts / counts.sum()
     probs = torch.softmax((1 - freq) / temperature, dim=0)

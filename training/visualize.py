@@ -50,6 +50,8 @@ def panel_row(
     return panels
 
 
-def log_images(writer, batch: StepBatch, out: StepOutput, label_space, mean, std, step: int) -> None:
+def log_images(
+    writer, batch: StepBatch, out: StepOutput, label_space, mean, std, step: int
+) -> None:
     for name, image in panel_row(batch, out, label_space, mean, std).items():
         writer.add_image(f"images/{name}", image, step)

@@ -28,7 +28,11 @@ _RULES: tuple[tuple[str, str, int | None], ...] = (
     (_BLOCK + r"attention\.q_proj\.", "block{i}.{j}.attn.q.", None),
     (_BLOCK + r"attention\.k_proj\.", "block{i}.{j}.attn.kv.", 0),
     (_BLOCK + r"attention\.v_proj\.", "block{i}.{j}.attn.kv.", 1),
-    (_BLOCK + r"attention\.sequence_reduction\.sequence_reduction\.", "block{i}.{j}.attn.sr.", None),
+    (
+        _BLOCK + r"attention\.sequence_reduction\.sequence_reduction\.",
+        "block{i}.{j}.attn.sr.",
+        None,
+    ),
     (_BLOCK + r"attention\.sequence_reduction\.layer_norm\.", "block{i}.{j}.attn.norm.", None),
     (_BLOCK + r"attention\.o_proj\.", "block{i}.{j}.attn.proj.", None),
     (_BLOCK + r"layernorm_after\.", "block{i}.{j}.norm2.", None),

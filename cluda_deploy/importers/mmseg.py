@@ -170,10 +170,16 @@ def convert_state_dict(
     training = training_head_shapes(arch, model_cfg)
     missing, unknown, misshaped = check_keys(source, expected, training, allow_missing)
     if missing or unknown or misshaped:
-        optional_only = not (unknown or misshaped or check_keys(source, expected, training, True)[0])
+        optional_only = not (
+            unknown or misshaped or check_keys(source, expected, training, True)[0]
+        )
         parts = [
             _listing(label, [prefix + item for item in items])
-            for label, items in (("missing", missing), ("unknown", unknown), ("mis-shaped", misshaped))
+            for label, items in (
+                ("missing", missing),
+                ("unknown", unknown),
+                ("mis-shaped", misshaped),
+            )
             if items
         ]
         raise KeyMismatchError(

@@ -145,8 +145,12 @@ def read_mmseg_file(path: str | os.PathLike) -> MMSegFile:
             f"{path} is a PyTorch file but not an mmseg checkpoint (no 'state_dict' entry and not "
             "a dict of tensors); for a cluda-deploy checkpoint use it directly"
         )
-    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise MMSegImportError(f"{path}: 'state_dict' is not a dict of tensors; the file is damaged")
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, Tensor) for v in state_dict.values()
+    ):
+        raise MMSegImportError(
+            f"{path}: 'state_dict' is not a dict of tensors; the file is damaged"
+        )
     if not isinstance(meta, dict):
         raise MMSegImportError(f"{path}: 'meta' is a {type(meta).__name__}, mmcv writes a dict")
     blocks = split_blocks(state_dict)

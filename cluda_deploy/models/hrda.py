@@ -172,7 +172,9 @@ def fuse_scales(
     """
     size = detail_logits.shape[-2:]
     if mode == "hrda":
-        return resize(attention, size) * detail_logits + resize((1 - attention) * context_logits, size)
+        return resize(attention, size) * detail_logits + resize(
+            (1 - attention) * context_logits, size
+        )
     if mode == "cluda":
         up_attention = resize(attention, size)
         return up_attention * detail_logits + (1 - up_attention) * resize(context_logits, size)
@@ -206,8 +208,9 @@ def stitch_windows(window_logits: Tensor, boxes: Sequence[Box], batch: int) -> T
 class HRDASegmenter(Segmenter):
     """A Segmenter whose :meth:`forward` is HRDA's multi-resolution ``encode_decode``.
 
-    ``forward(images (B, 3, H, W)) -> fused logits (B, K, ceil(H / 4), ceil(W / 4))`` (the
-    stride-4 detail grid); :meth:`Segmenter.predict` resizes them to the input (``whole``) or
+    ``forward(images (B, 3, H, W)) -> fused logits (B, K, h, w)`` on the stride-4 detail grid:
+    h = H // 4 (ceil(H / 4) where H is below the detail crop), the grid the reference's
+    ``decode_hr`` builds. :meth:`Segmenter.predict` resizes them to the input (``whole``) or
     runs them per outer window (``slide``, the 1024/512 protocol), unchanged.
     """
 
@@ -218,7 +221,9 @@ class HRDASegmenter(Segmenter):
                 f"unknown model.hrda.fusion {hrda.fusion!r}; known: {', '.join(FUSION_MODES)}"
             )
         if not 0 < hrda.context_scale <= 1:
-            raise ValueError(f"model.hrda.context_scale must be in (0, 1], got {hrda.context_scale}")
+            raise ValueError(
+                f"model.hrda.context_scale must be in (0, 1], got {hrda.context_scale}"
+            )
         self.hrda = hrda
 
     def context_pass(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -239,7 +244,7 @@ class HRDASegmenter(Segmenter):
         return logits, fused, self.decode_head.attention(features)
 
     def detail_logits(self, images: Tensor) -> Tensor:
-        """Full-resolution logits on the stride-4 grid: (B, K, ~H / 4, ~W / 4).
+        """Full-resolution logits on the stride-4 grid: (B, K, h, w), h = H // 4 (see above).
 
         With ``detail_slide`` the window is cut by :func:`slide_windows` into
         ``detail_crop_size`` crops every ``detail_stride``; all crops go through backbone and

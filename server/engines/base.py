@@ -48,8 +48,13 @@ class EngineInfo:
     # Sizes to warm up at when the settings name none.
     default_warmup_sizes: list[tuple[int, int]] = field(default_factory=list)
     has_confidence: bool = True
+    min_side: int = 1  # smaller images are upscaled to this short side first
     provenance: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # backend specifics (providers, ...)
+
+    def target_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) an input of ``size`` is run at: the static size, else big enough."""
+        return self.static_size or fit_min_side(size, self.min_side)
 
 
 class Engine(Protocol):
@@ -110,20 +115,30 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
     return (1.0 / exp.sum(axis=1)).astype(np.float32)  # max(exp) is exp(0) = 1
 
 
-def infer_fixed(
-    run, images: np.ndarray, confidence: bool, static_size: tuple[int, int] | None,
-    max_batch: int | None,
-) -> EngineOutput:  # fmt: skip
-    """Fit a batch to an engine with a fixed size and/or batch, call ``run``, fit the output back.
+def fit_min_side(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """Scale (h, w) up, keeping the aspect ratio, until the short side is at least ``min_side``.
 
-    ``run(images (n, h, w, 3) uint8, confidence) -> EngineOutput`` at the engine's own shape.
-    Images are resized to ``static_size`` (bilinear) and labels back with nearest; a static batch
-    ``max_batch`` is filled by repeating the last image and the padding dropped afterwards.
+    ``(20, 45)`` with ``min_side`` 29 -> ``(29, 65)``; sizes already large enough are unchanged.
+    """
+    height, width = size
+    if min(height, width) >= min_side:
+        return size
+    factor = min_side / min(height, width)
+    return max(min_side, round(height * factor)), max(min_side, round(width * factor))
+
+
+def infer_fixed(
+    run, images: np.ndarray, confidence: bool, target: tuple[int, int], max_batch: int | None,
+) -> EngineOutput:  # fmt: skip
+    """Fit a batch to what an engine takes, call ``run``, fit the output back to the input size.
+
+    ``run(images (n, h, w, 3) uint8, confidence) -> EngineOutput`` at the engine's size. Images
+    are resized to ``target`` (h, w) (bilinear; no-op when equal) and labels back with nearest;
+    a static batch ``max_batch`` is filled by repeating the last image, the padding dropped after.
     """
     check_batch(images)
     size = images.shape[1:3]
-    if static_size:
-        images = resize_batch(images, static_size)
+    images = resize_batch(images, target)
     if not max_batch or len(images) == max_batch:
         return resize_outputs(run(images, confidence), size)
     labels, confs = [], []

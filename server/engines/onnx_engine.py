@@ -15,17 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from cluda_deploy.labels import LabelSpace
 from server.engines.base import (
     ConfidenceUnavailable,
     EngineError,
-    EngineInfo,
     EngineOutput,
-    file_sha256,
     infer_fixed,
-    max_softmax,
 )
-from server.engines.sidecar import read_sidecar
+from server.engines.sidecar import confidence_from, exported_info, read_model_sidecar
 
 INPUT_NAME = "images"
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -85,7 +81,7 @@ class OnnxEngine:
                 "serving an ONNX model needs onnxruntime: pip install onnxruntime (CPU) or "
                 "onnxruntime-gpu (CUDA/TensorRT)"
             ) from None
-        sidecar = read_sidecar(path)
+        sidecar = read_model_sidecar(path)
         if engine_cache is not None:
             Path(engine_cache).mkdir(parents=True, exist_ok=True)
         options = ort.SessionOptions()
@@ -109,29 +105,16 @@ class OnnxEngine:
         if "labels" not in self.outputs:
             raise EngineError(f"{path} has outputs {self.outputs}, expected 'labels'; re-export")
         static = tuple(shape[1:3]) if all(isinstance(d, int) for d in shape[1:3]) else None
-        self.info = EngineInfo(
-            backend="onnxruntime",
-            path=Path(path),
-            sha256=file_sha256(path),
-            label_space=LabelSpace.from_dict(sidecar["label_space"]),
-            device=device,
-            precision=str(sidecar.get("precision", "fp32")),
-            static_size=static,
-            max_batch=shape[0] if isinstance(shape[0], int) else None,
-            default_warmup_sizes=[static] if static else [],
-            has_confidence="confidence" in self.outputs or "logits" in self.outputs,
-            provenance=dict(sidecar.get("provenance", {})),
-            details={
-                "providers": self.session.get_providers(),
-                "input_shape": [d if isinstance(d, int) else str(d) for d in shape],
-                "outputs": self.outputs,
-                "onnxruntime_version": ort.__version__,
-                "sidecar_version": sidecar.get("version"),
-            },
-        )
+        self.info = exported_info(
+            sidecar, path, "onnxruntime", device, self.outputs, static,
+            shape[0] if isinstance(shape[0], int) else None,
+            {"providers": self.session.get_providers(), "onnxruntime_version": ort.__version__,
+             "input_shape": [d if isinstance(d, int) else str(d) for d in shape]},
+        )  # fmt: skip
 
     def infer(self, images: np.ndarray, confidence: bool = False) -> EngineOutput:
-        return infer_fixed(self._run, images, confidence, self.info.static_size, self.info.max_batch)
+        target = self.info.target_size(images.shape[1:3])
+        return infer_fixed(self._run, images, confidence, target, self.info.max_batch)
 
     def _run(self, images: np.ndarray, confidence: bool) -> EngineOutput:
         names = ["labels"]
@@ -145,8 +128,7 @@ class OnnxEngine:
         labels = results[0].astype(np.uint8, copy=False)
         if not confidence:
             return EngineOutput(labels)
-        conf = results[1] if names[1] == "confidence" else max_softmax(results[1])
-        return EngineOutput(labels, conf.astype(np.float32, copy=False))
+        return EngineOutput(labels, confidence_from(dict(zip(names[1:], results[1:], strict=True))))
 
     def close(self) -> None:
         self.session = None

@@ -1,41 +1,65 @@
-"""Read the JSON sidecar every exported model carries (``<artefact file name>.json``).
+"""The JSON sidecar every exported model carries (``<artefact file name>.json``).
 
-One small function so that ``export.sidecar.read_sidecar`` can replace it in one place.
+Read and validated by ``export.sidecar.read_sidecar`` (the one reader of that contract, which
+also checks the artefact's sha256); a bad sidecar becomes an :class:`EngineError` here.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from server.engines.base import EngineError
+import numpy as np
 
-SIDECAR_FORMAT = "cluda-deploy/exported-model"
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    model_path = Path(model_path)
-    return model_path.with_name(model_path.name + ".json")
+from cluda_deploy.labels import LabelSpace
+from server.engines.base import EngineError, EngineInfo, max_softmax
 
 
-def read_sidecar(model_path: str | Path) -> dict[str, Any]:
-    """The sidecar of ``model_path`` as a dict, checked for the keys the server needs."""
-    path = sidecar_path(model_path)
-    if not path.is_file():
-        raise EngineError(
-            f"{path} not found: an exported model needs its sidecar JSON (label space, "
-            "provenance) beside it; copy it along, or re-export with 'cluda export'"
-        )
+def read_model_sidecar(model_path: str | Path) -> dict[str, Any]:
+    """The validated sidecar of ``model_path`` as a dict."""
+    from export.sidecar import SidecarError, read_sidecar
+
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineError(f"{path} is not valid JSON ({exc}); re-export with 'cluda export'") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise EngineError(
-            f"{path} is not a cluda-deploy sidecar (no format={SIDECAR_FORMAT!r}); "
-            "re-export with 'cluda export'"
-        )
-    if "label_space" not in data:
-        raise EngineError(f"{path} lacks 'label_space'; re-export with 'cluda export'")
-    return data
+        return read_sidecar(model_path)
+    except SidecarError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def output_names(sidecar: dict[str, Any]) -> list[str]:
+    """Output names in the order the artefact returns them (``labels`` first)."""
+    return [o["name"] if isinstance(o, dict) else str(o) for o in sidecar["outputs"]]
+
+
+def min_side(sidecar: dict[str, Any]) -> int:
+    """Smallest image side the artefact accepts (1 where the sidecar states none)."""
+    return int(sidecar["input"].get("min_side") or 1)
+
+
+def exported_info(
+    sidecar: dict[str, Any], path: str | Path, backend: str, device: str, outputs: list[str],
+    static_size: tuple[int, int] | None, max_batch: int | None, details: dict[str, Any],
+) -> EngineInfo:  # fmt: skip
+    """The :class:`EngineInfo` of an exported artefact: label space, precision, provenance and
+    sha256 (already checked) from its sidecar; shapes and outputs from the artefact itself."""
+    return EngineInfo(
+        backend=backend,
+        path=Path(path),
+        sha256=sidecar["hashes"]["artefact_sha256"],
+        label_space=LabelSpace.from_dict(sidecar["label_space"]),
+        device=device,
+        precision=sidecar["precision"],
+        static_size=static_size,
+        max_batch=max_batch,
+        default_warmup_sizes=[static_size] if static_size else [],
+        has_confidence="confidence" in outputs or "logits" in outputs,
+        min_side=min_side(sidecar),
+        provenance=sidecar["provenance"],
+        details={"outputs": outputs, "sidecar_version": sidecar["version"], **details},
+    )
+
+
+def confidence_from(named: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, H, W) float32 confidence: the ``confidence`` output, else the max softmax of ``logits``."""
+    if "confidence" in named:
+        return np.asarray(named["confidence"], dtype=np.float32)
+    return max_softmax(np.asarray(named["logits"]))

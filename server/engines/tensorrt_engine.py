@@ -13,17 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cluda_deploy.labels import LabelSpace
 from server.engines.base import (
     ConfidenceUnavailable,
     EngineError,
-    EngineInfo,
     EngineOutput,
-    file_sha256,
     infer_fixed,
-    max_softmax,
 )
-from server.engines.sidecar import read_sidecar
+from server.engines.sidecar import confidence_from, exported_info, read_model_sidecar
 
 INPUT_NAME = "images"
 
@@ -52,13 +48,13 @@ class TensorRTEngine:
             raise EngineError("a TensorRT engine needs a CUDA GPU; serve the .onnx file on the CPU")
         self._torch, self._trt = torch, trt
         self.device = torch.device("cuda:0" if device in ("auto", "cuda") else device)
-        sidecar = read_sidecar(path)
+        sidecar = read_model_sidecar(path)
         with torch.cuda.device(self.device):
             self._logger = trt.Logger(trt.Logger.WARNING)
             runtime = trt.Runtime(self._logger)
             self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
             if self.engine is None:
-                built = sidecar.get("provenance", {}).get("tensorrt_version", "unknown")
+                built = (sidecar.get("tensorrt") or {}).get("version", "unknown")
                 raise EngineError(
                     f"TensorRT {trt.__version__} cannot deserialize {path} (built with TensorRT "
                     f"{built}, maybe on another GPU); rebuild it on this machine with 'cluda export tensorrt'"
@@ -74,20 +70,10 @@ class TensorRTEngine:
         # A static batch is filled up; else profile 0's largest batch bounds what the batcher sends.
         self._static_batch = shape[0] > 0
         max_batch = shape[0] if shape[0] > 0 else self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0]
-        self.info = EngineInfo(
-            backend="tensorrt",
-            path=Path(path),
-            sha256=file_sha256(path),
-            label_space=LabelSpace.from_dict(sidecar["label_space"]),
-            device=str(self.device),
-            precision=str(sidecar.get("precision", "fp32")),
-            static_size=static,
-            max_batch=int(max_batch),
-            default_warmup_sizes=[static] if static else [],
-            has_confidence="confidence" in self.outputs or "logits" in self.outputs,
-            provenance=dict(sidecar.get("provenance", {})),
-            details={"tensorrt_version": trt.__version__, "input_shape": shape, "outputs": self.outputs},
-        )
+        self.info = exported_info(
+            sidecar, path, "tensorrt", str(self.device), self.outputs, static, int(max_batch),
+            {"tensorrt_version": trt.__version__, "input_shape": shape},
+        )  # fmt: skip
 
     def _torch_dtype(self, name: str):
         trt, torch = self._trt, self._torch
@@ -102,7 +88,15 @@ class TensorRTEngine:
         if confidence and not self.info.has_confidence:
             raise ConfidenceUnavailable("this engine has no 'confidence' or 'logits' output; rebuild it with confidence")
         static_batch = self.info.max_batch if self._static_batch else None
-        return infer_fixed(self._run, images, confidence, self.info.static_size, static_batch)
+        return infer_fixed(self._run, images, confidence, self._target(images.shape[1:3]), static_batch)
+
+    def _target(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Static size, or ``size`` clamped into profile 0's height/width range (aspect may change)."""
+        target = self.info.target_size(size)
+        if self.info.static_size:
+            return target
+        low, _, high = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        return (min(max(target[0], low[1]), high[1]), min(max(target[1], low[2]), high[2]))
 
     def _run(self, images: np.ndarray, confidence: bool) -> EngineOutput:
         torch = self._torch
@@ -118,12 +112,10 @@ class TensorRTEngine:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log above")
             labels = buffers["labels"].to(torch.uint8).cpu()
-            conf = None
-            if confidence:
-                conf = (buffers["confidence"].float().cpu().numpy() if "confidence" in buffers
-                        else max_softmax(buffers["logits"].float().cpu().numpy()))  # fmt: skip
+            extra = {k: v.float().cpu().numpy() for k, v in buffers.items()
+                     if confidence and k in ("confidence", "logits")}  # fmt: skip
             self.stream.synchronize()
-        return EngineOutput(labels.numpy(), conf)
+        return EngineOutput(labels.numpy(), confidence_from(extra) if confidence else None)
 
     def close(self) -> None:
         self.context = None

@@ -12,23 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from server.engines.base import EngineInfo, EngineOutput, check_batch, file_sha256
+from server.engines.base import EngineInfo, EngineOutput, check_batch, file_sha256, fit_min_side
 
 # DAFormer evaluates Cityscapes at 1024x512 (research/deploy.md 3.2): (H, W) for warm-up when a
 # checkpoint keeps native resolution and the settings name no size.
 DEFAULT_WARMUP_SIZE = (512, 1024)
-
-
-def fit_min_side(size: tuple[int, int], min_side: int) -> tuple[int, int]:
-    """Scale (h, w) up, keeping the aspect ratio, until the short side is at least ``min_side``.
-
-    ``(20, 45)`` with ``min_side`` 29 -> ``(29, 65)``; sizes already large enough are unchanged.
-    """
-    height, width = size
-    if min(height, width) >= min_side:
-        return size
-    factor = min_side / min(height, width)
-    return max(min_side, round(height * factor)), max(min_side, round(width * factor))
 
 
 class TorchEngine:
@@ -56,6 +44,7 @@ class TorchEngine:
             label_space=ckpt.label_space,
             device=str(self.device),
             default_warmup_sizes=warmup,
+            min_side=self.min_side,
             provenance=ckpt.provenance,
             details={
                 "torch_version": str(torch.__version__),

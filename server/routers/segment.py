@@ -289,8 +289,7 @@ async def segment_batch(
     """
     start = time.perf_counter()
     _require_serving(state)
-    if confidence and not state.engines[0].info.has_confidence:
-        _check_options(state, OutputFormat.json, confidence)
+    _check_options(state, OutputFormat.json, confidence)
     uploads = await read_uploads(request, state, many=True)
     decoded = [await run_in_threadpool(_decode, u, state.settings.max_pixels) for u in uploads]
     segs = await infer(state, [d.image for d in decoded], confidence)

@@ -42,7 +42,9 @@ class SegmenterForward(nn.Module):
         super().__init__()
         self.segmenter = segmenter
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         features = self.segmenter.backbone_features(images)
         logits, fused = self.segmenter.decode_head.forward_with_features(features)
         return logits, fused, features

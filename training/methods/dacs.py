@@ -90,7 +90,9 @@ class DACS(UDAMethod):
     ) -> torch.Tensor:
         """Unweighted thing-class FD of the student's last encoder map vs the frozen encoder's."""
         if imnet_backbone is None:
-            raise ValueError("feature distance needs the frozen ImageNet encoder (uda.fd_lambda > 0)")
+            raise ValueError(
+                "feature distance needs the frozen ImageNet encoder (uda.fd_lambda > 0)"
+            )
         with torch.no_grad():
             frozen_map = imnet_backbone(batch.source_images)[-1]
         return thing_feature_distance(
