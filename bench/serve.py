@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         server = ServerProcess(model, [
             "--device", args.device, "--warmup-size", args.size, "--max-batch", str(args.max_batch),
             "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(4 * max(levels) + 8),
-            "--request-timeout-s", "600", "--log-level", "warning"],
-            env={"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})  # fmt: skip
+            "--request-timeout-s", "600"],
+            env={"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                 "CLUDA_SERVE_ACCESS_LOG": "false"})  # fmt: skip
         try:
             url = server.wait_ready(timeout=600)
             asyncio.run(load(url, body, 1, 2))  # first requests outside the measurement

@@ -20,7 +20,10 @@ _LISTENING = re.compile(r"Uvicorn running on http://([\d.]+):(\d+)")
 
 
 class ServerProcess:
-    """``cluda serve MODEL ARGS`` in a child process; ``url`` once it listens."""
+    """``cluda serve MODEL ARGS`` in a child process; ``url`` once it listens.
+
+    Needs uvicorn's info-level start-up line: keep ``--log-level`` at info or debug.
+    """
 
     def __init__(self, model: str | Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
         child_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}

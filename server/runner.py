@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 
 from server.settings import ServerSettings
@@ -32,6 +33,7 @@ def run_server(settings: ServerSettings) -> None:
     common = dict(
         host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, proxy_headers=False, server_header=False,
+        access_log=settings.access_log,
     )  # fmt: skip
     if settings.workers == 1:
         from server.app import create_app
@@ -40,6 +42,12 @@ def run_server(settings: ServerSettings) -> None:
         return
     # Worker processes rebuild the settings from the environment; metrics are merged on disk.
     os.environ.update(settings.to_env())
+    own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cluda-serve-metrics-")
-    uvicorn.run("server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+        own_dir = tempfile.mkdtemp(prefix="cluda-serve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    try:
+        uvicorn.run("server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)

@@ -68,6 +68,7 @@ class ServerSettings(BaseSettings):
     engine_cache: Path | None = None
     onnx_providers: Annotated[list[str], NoDecode] = []  # empty = TensorRT, CUDA, CPU as available
     log_level: str = "info"
+    access_log: bool = True  # one uvicorn log line per request
 
     @field_validator("devices", "warmup_sizes", "onnx_providers", mode="before")
     @classmethod

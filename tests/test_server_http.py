@@ -1,7 +1,8 @@
 """A real ``cluda serve`` process on a free loopback port, talked to over HTTP with httpx.
 
 Three servers start together (their start-ups overlap): ``main`` (API key, small limits) for the
-endpoints, formats and bad input; ``limits`` (queue of 1, short timeout) for 503/504/408; and
+endpoints, formats, bad input and the demo page in headless Chromium (Debian's ``chromium`` with
+Playwright; skipped with the reason where either is missing); ``limits`` (queue of 1, short timeout) for 503/504/408; and
 ``lifecycle`` for readiness during warm-up and the drain on SIGTERM.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import signal
 import socket
 import threading
@@ -178,6 +180,44 @@ def test_concurrent_mixed_sizes_equal_single_results(api):
     for i, response in enumerate(responses):
         assert _png_array(response.content).shape == sizes[i]
         np.testing.assert_array_equal(_png_array(response.content), _png_array(responses[i % 4].content))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium)")
+def test_demo_page_in_headless_chromium_uploads_and_shows_the_overlay(api, servers, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    image = np.zeros((90, 160, 3), np.uint8)
+    image[:45], image[45:] = (70, 130, 180), (128, 64, 128)  # "sky" over "road"
+    upload = tmp_path / "frame.png"
+    upload.write_bytes(encode(image))
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(str(api.base_url) + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('API key')")
+        page.fill("#key", API_KEY)
+        page.dispatch_event("#key", "change")
+        page.wait_for_function("document.getElementById('model').textContent.includes('demo.pt')")
+        page.set_input_files("#file", str(upload))
+        page.wait_for_selector("body[data-done='1']", timeout=60_000)
+        overlay = page.eval_on_selector("#overlay", "img => [img.naturalWidth, img.naturalHeight]")
+        shown = page.eval_on_selector("#input", "img => [img.naturalWidth, img.naturalHeight]")
+        legend = page.eval_on_selector_all("#legend li", "items => items.map(li => li.textContent)")
+        status = page.text_content("#status")
+        browser.close()
+    assert overlay == shown == [160, 90]  # the overlay beside the input, at its size
+    assert legend and all("%" in item for item in legend)
+    assert "round trip" in status and "inference" in status and "160×90" in status
+    assert not errors, errors
+    assert any('"POST /v1/segment?format=json&overlay=true' in line for line in servers["main"].lines)
 
 
 # --------------------------------------------------------------------------- bad input
