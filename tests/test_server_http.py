@@ -61,10 +61,10 @@ def servers(tmp_path_factory):
 def _watch_readiness(server: ServerProcess) -> None:
     """Record /health/ready from the moment the server listens until it first says ready."""
     url = server.wait_listening()
-    while True:
-        response = httpx.get(f"{url}/health/ready", timeout=30)
+    while True:  # segment first: if that is refused, readiness read after it cannot be ahead
         early = httpx.post(f"{url}/v1/segment", content=encode(rgb_image(8, 8)), timeout=30,
                            headers={"Content-Type": "image/png"})  # fmt: skip
+        response = httpx.get(f"{url}/health/ready", timeout=30)
         server.readiness.append((response.status_code, response.json()["status"],
                                  response.headers.get("retry-after"), early.status_code))  # fmt: skip
         if response.status_code == 200:
@@ -202,12 +202,12 @@ def test_demo_page_in_headless_chromium_uploads_and_shows_the_overlay(api, serve
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(str(api.base_url) + "/")
-        page.wait_for_function("document.getElementById('model').textContent.includes('API key')")
+        page.locator("#model", has_text="needs an API key").wait_for()  # the page's CSP forbids eval
         page.fill("#key", API_KEY)
         page.dispatch_event("#key", "change")
-        page.wait_for_function("document.getElementById('model').textContent.includes('demo.pt')")
+        page.locator("#model", has_text="demo.pt").wait_for()
         page.set_input_files("#file", str(upload))
-        page.wait_for_selector("body[data-done='1']", timeout=60_000)
+        page.locator("body[data-done='1']").wait_for(timeout=60_000)
         overlay = page.eval_on_selector("#overlay", "img => [img.naturalWidth, img.naturalHeight]")
         shown = page.eval_on_selector("#input", "img => [img.naturalWidth, img.naturalHeight]")
         legend = page.eval_on_selector_all("#legend li", "items => items.map(li => li.textContent)")

@@ -331,3 +331,25 @@ def test_batcher_respects_the_engine_batch_limit_and_spreads_over_devices():
     calls = engines[0].calls + engines[1].calls
     assert sum(shape[0] for shape, _ in calls) == 8 and max(shape[0] for shape, _ in calls) <= 2
     assert engines[0].calls and engines[1].calls  # both devices worked
+
+
+# --------------------------------------------------------------------------- app, in process
+
+
+def test_a_model_that_cannot_load_turns_live_and_ready_503_with_the_reason(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    app = create_app(ServerSettings(model=broken, devices=["cpu"]))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/health/live").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        live, ready = client.get("/health/live"), client.get("/health/ready")
+        segment = client.post("/v1/segment", content=encode(rgb_image(8, 8)), headers={"Content-Type": "image/png"})
+    assert live.status_code == 503 and live.json()["status"] == "failed"
+    assert ready.status_code == 503 and "not a readable cluda-deploy checkpoint" in ready.json()["detail"]
+    assert segment.status_code == 503 and "not a readable cluda-deploy checkpoint" in segment.json()["detail"]

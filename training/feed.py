@@ -133,10 +133,17 @@ def source_picker(cfg: Config, base: SegmentationDataset) -> IndexPicker:
 
 
 def build_step_loader(
-    cfg: Config, domain: str, start: int, device: torch.device, rank: int = 0, world_size: int = 1
+    cfg: Config,
+    base: SegmentationDataset,
+    domain: str,
+    start: int,
+    device: torch.device,
+    picker: IndexPicker | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """DataLoader over the crops of steps ``start..train.iters-1`` of ``domain`` (this rank's)."""
-    base = domain_dataset(cfg, domain)
+    """DataLoader over this rank's crops of ``base`` (the ``domain`` set) for steps
+    ``start..train.iters-1``; ``picker`` defaults to uniform sampling."""
     is_source = domain == "source"
     crops = StepCrops(
         base,
@@ -147,7 +154,7 @@ def build_step_loader(
         flip_prob=cfg.data.flip_prob,
         min_class_pixels=cfg.uda.rcs_min_pixels * cfg.uda.rcs_min_crop_ratio,
     )
-    picker = source_picker(cfg, base) if is_source else uniform_picker(len(base))
+    picker = picker or uniform_picker(len(base))
     sampler = StepBatchSampler(
         picker, cfg.data.batch_size, cfg.train.seed, domain, start, cfg.train.iters, rank,
         world_size,

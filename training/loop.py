@@ -28,7 +28,7 @@ from cluda_deploy.models import create_segmenter
 from training.ddp import any_rank, barrier, init_distributed, shutdown, wrap_ddp
 from training.ema import create_teacher, ema_alpha, ema_update
 from training.feature_distance import frozen_encoder
-from training.feed import build_step_loader, validation_pairs
+from training.feed import build_step_loader, domain_dataset, source_picker, validation_pairs
 from training.interrupt import StopRequest
 from training.methods import Networks, SegmenterForward, StepBatch, create_method
 from training.optim import build_optimizer, build_scheduler
@@ -122,9 +122,21 @@ def adapt(
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     seed_everything(cfg.train.seed + ctx.rank)  # ranks draw their own augmentations
 
-    # --- model, method, optimizer
-    student = create_segmenter(cfg.model).to(device)
+    # --- data first: a missing dataset or class statistics fail before a slow model build
     method = create_method(cfg.train.method, cfg)
+    source_set = domain_dataset(cfg, "source")
+    source_pick = source_picker(cfg, source_set)  # rare-class sampling when uda.rcs
+    target_set = domain_dataset(cfg, "target") if method.uses_target else None
+    val_pairs = validation_pairs(cfg) if is_main else []
+
+    # --- model, optimizer
+    student = create_segmenter(cfg.model).to(device)
+    if method.uses_imnet and cfg.model.pretrained is None:
+        log.warning(
+            "uda.fd_lambda > 0 without model.pretrained: the feature distance pulls the encoder "
+            "towards its random initial weights; set model.pretrained (e.g. a local nvidia/mit-b5 "
+            "folder) or --set uda.fd_lambda=0"
+        )
     extra_modules = {name: m.to(device) for name, m in method.trainable_modules().items()}
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.optim)
@@ -161,14 +173,16 @@ def adapt(
         _restore_frozen_networks(data, resume_path, teacher, imnet_backbone)
     nets = Networks(student_forward, teacher, imnet_backbone)
 
-    # --- data: each step's crops are a pure function of (seed, step, rank), so resume is exact
-    source_loader = build_step_loader(cfg, "source", start, device, ctx.rank, ctx.world_size)
-    target_loader = (
-        build_step_loader(cfg, "target", start, device, ctx.rank, ctx.world_size)
-        if method.uses_target
-        else None
+    # --- loaders: each step's crops are a pure function of (seed, step, rank): resume is exact
+    rank, world = ctx.rank, ctx.world_size
+    source_loader = build_step_loader(
+        cfg, source_set, "source", start, device, source_pick, rank, world
     )
-    val_pairs = validation_pairs(cfg) if is_main else []
+    target_loader = None
+    if target_set is not None:
+        target_loader = build_step_loader(
+            cfg, target_set, "target", start, device, None, rank, world
+        )
 
     writer = None
     if is_main:

@@ -27,6 +27,8 @@ from training.confeti.style import style_from_config
 
 # The generator's two stride-2 stages need sides divisible by 4 to give back the input size.
 GENERATOR_MULTIPLE = 4
+# Its residual blocks reflect-pad the stride-4 map by 1, which needs at least 2 cells.
+GENERATOR_MIN_SIDE = 8
 
 
 def load_generator(
@@ -47,6 +49,11 @@ def stylize_array(
 ) -> np.ndarray:
     """``image (H, W, 3) uint8`` -> the translated image, same shape and dtype."""
     height, width = image.shape[:2]
+    if min(height, width) < GENERATOR_MIN_SIDE:
+        raise ValueError(
+            f"image of {width}x{height} px is too small for the translator (sides >= "
+            f"{GENERATOR_MIN_SIDE} px); use a larger image or a larger --scale"
+        )
     x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     pad_h, pad_w = (-height) % GENERATOR_MULTIPLE, (-width) % GENERATOR_MULTIPLE
     if pad_h or pad_w:
