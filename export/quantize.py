@@ -82,7 +82,8 @@ def quantize_int8(
     int8_path = Path(int8_path)
     with tempfile.TemporaryDirectory(prefix="cluda-int8-") as tmp:
         prepared = Path(tmp) / "preprocessed.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
+        # Symbolic shape inference cannot follow the keep-ratio size arithmetic; ONNX's own does.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         _quantize(prepared, int8_path, reader, method)
     return int8_path
 
