@@ -39,6 +39,7 @@ def main() -> None:
       cluda adapt --source gta --target cityscapes --data-root data
       cluda evaluate --checkpoint runs/adapt/checkpoints/best.pt --dataset cityscapes
       cluda predict --checkpoint runs/adapt/checkpoints/best.pt frames/ --out preds/
+      cluda export --checkpoint runs/adapt/checkpoints/best.pt --out export/   # ONNX, verified
     Try it without any dataset:  cluda demo
     """
 
@@ -273,7 +274,7 @@ def presets() -> None:
 @click.option("-q", "--quiet", is_flag=True)
 @friendly_errors
 def demo(data_root, out, method, iters, overrides, quiet):
-    """The whole flow on the built-in demo domains: generate, adapt, evaluate, predict."""
+    """The whole flow on the built-in demo domains: generate, adapt, evaluate, predict, export."""
     from cluda_deploy.demo_flow import run_demo
 
     run_demo(Path(data_root), Path(out), method=method, iters=iters, overrides=list(overrides),
@@ -432,11 +433,15 @@ def _dims(text: str | None, option: str, allowed: tuple[int, ...]) -> tuple[int,
 @click.option("--max-images", type=int, default=20, show_default=True, help="Verify on at most N of --data.")
 @click.option("--generated", type=int, default=3, show_default=True,
               help="Procedural street scenes (labelled) of several sizes to verify on.")
+@click.option("--gate", "gates", multiple=True, metavar="PRECISION.KEY=VALUE",
+              help="Change a parity gate, e.g. --gate int8.min_pixel_agreement=0.9 (defaults: fp32 "
+              "max_logit_error 1e-4 (relative), min_pixel_agreement 0.999, max_miou_drop 0.1 points; fp16 0.99 / 0.5; "
+              "int8 0.95 / 1.0).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity checks (not recommended).")
 @friendly_errors
 def export_command(checkpoint, out, static, logits, confidence, mode, scale, hrda, weights, fp16, int8,
                    calib, calib_images, calib_method, aoti, aoti_device, trt, trt_min, trt_opt, trt_max,
-                   trt_workspace, trt_cache, data, max_images, generated, no_verify):
+                   trt_workspace, trt_cache, data, max_images, generated, gates, no_verify):
     """Export a checkpoint to ONNX (+ FP16, INT8, AOTInductor, TensorRT), each verified against PyTorch.
 
     The graph takes a uint8 RGB batch (N, H, W, 3) and returns uint8 train ids (N, H, W) at the
@@ -444,9 +449,12 @@ def export_command(checkpoint, out, static, logits, confidence, mode, scale, hrd
     the resize back and the argmax are inside it. Fails (exit 1) when an artefact misses its parity
     gates; the table and export_report.json say which.
     """
-    from export.options import ExportOptions
+    from export.options import DEFAULT_THRESHOLDS, ExportOptions, apply_gate
     from export.pipeline import export_model
 
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for gate in gates:
+        thresholds = apply_gate(thresholds, gate)
     static_dims = _dims(static, "--static", (2, 3))
     options = ExportOptions(
         static=None if static_dims is None else ((None, *static_dims) if len(static_dims) == 2 else static_dims),
@@ -457,7 +465,7 @@ def export_command(checkpoint, out, static, logits, confidence, mode, scale, hrd
         trt=trt, trt_min=_dims(trt_min, "--trt-min", (3,)), trt_opt=_dims(trt_opt, "--trt-opt", (3,)),
         trt_max=_dims(trt_max, "--trt-max", (3,)), trt_workspace_gib=trt_workspace,
         trt_cache=Path(trt_cache) if trt_cache else None, data=Path(data) if data else None,
-        max_images=max_images, generated=generated, verify=not no_verify,
+        max_images=max_images, generated=generated, thresholds=thresholds, verify=not no_verify,
     )  # fmt: skip
     result = export_model(checkpoint, out, options, echo=click.echo)
     for name, path in result.artefacts.items():
@@ -475,14 +483,20 @@ def export_command(checkpoint, out, static, logits, confidence, mode, scale, hrd
 @click.option("--generated", type=int, default=3, show_default=True, help="Procedural scenes to add.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
+@click.option("--gate", "gates", multiple=True, metavar="PRECISION.KEY=VALUE",
+              help="Change a parity gate, as for 'cluda export'.")
 @friendly_errors
-def verify_command(model, checkpoint, data, max_images, generated, device, json_out):
+def verify_command(model, checkpoint, data, max_images, generated, device, json_out, gates):
     """Check an exported MODEL (.onnx, .pt2, .engine with its sidecar) against its CHECKPOINT."""
+    from export.options import DEFAULT_THRESHOLDS, apply_gate
     from export.pipeline import verify_model
     from export.verify import ParityError
 
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for gate in gates:
+        thresholds = apply_gate(thresholds, gate)
     report = verify_model(model, checkpoint, Path(data) if data else None, max_images, generated, device,
-                          echo=click.echo)  # fmt: skip
+                          thresholds=thresholds, echo=click.echo)  # fmt: skip
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
     if not report.passed:

@@ -1,7 +1,8 @@
 """``cluda demo``: the main job end to end on the procedural demo domains.
 
-generate source/target -> adapt -> evaluate on the target val split -> predict a few frames.
-Stages are imported here, inside the function, like the CLI does.
+generate source/target -> adapt -> evaluate on the target val split -> predict a few frames ->
+export to ONNX and check it against PyTorch. Stages are imported here, inside the function, like
+the CLI does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def run_demo(
     from training.loop import adapt
 
     started = time.perf_counter()
-    echo(f"[1/4] demo domains in {data_root}")
+    echo(f"[1/5] demo domains in {data_root}")
     generate_demo_domains(data_root)
 
     sets = [f"data.root={data_root}"]
@@ -38,11 +39,11 @@ def run_demo(
     if iters:
         sets.append(f"train.iters={iters}")
     cfg = resolve_config("demo", sets + list(overrides or []))
-    echo(f"[2/4] adapt ({cfg.train.method}, {cfg.train.iters} iterations) into {out / 'adapt'}")
+    echo(f"[2/5] adapt ({cfg.train.method}, {cfg.train.iters} iterations) into {out / 'adapt'}")
     result = adapt(cfg, out / "adapt", progress=progress)
 
     checkpoint = result.best or result.latest
-    echo(f"[3/4] evaluate {checkpoint} on the demo target val split")
+    echo(f"[3/5] evaluate {checkpoint} on the demo target val split")
     model, info = load_segmenter(checkpoint)
     val = create_dataset(cfg.data.target, default_root(cfg.data.target, cfg.data.root), split="val")
     pairs = val.labelled_pairs()
@@ -51,16 +52,25 @@ def run_demo(
     echo(scores.table())
     (out / "eval.json").write_text(json.dumps(scores.to_dict(), indent=2))
 
-    echo(f"[4/4] predict 4 target frames into {out / 'predictions'}")
+    echo(f"[4/5] predict 4 target frames into {out / 'predictions'}")
     images = [image for image, _ in pairs[:4]]
     predict_images(model, images, out / "predictions", info.config.eval, info.label_space,
                    info.mean, info.std, progress=progress)
+
+    from export.options import ExportOptions
+    from export.pipeline import export_model
+
+    echo(f"[5/5] export {checkpoint} to ONNX in {out / 'export'}, checked against PyTorch")
+    val_images = default_root(cfg.data.target, cfg.data.root) / "leftImg8bit" / "val"
+    exported = export_model(checkpoint, out / "export", ExportOptions(data=val_images, max_images=10,
+                                                                      generated=2), echo=echo)  # fmt: skip
     summary = {
         "checkpoint": str(checkpoint),
         "method": cfg.train.method,
         "iterations": result.iterations,
         "target_val_mIoU": scores.miou,
         "predictions": str(out / "predictions"),
+        "onnx": str(exported.artefacts["onnx_fp32"]),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

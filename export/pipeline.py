@@ -28,7 +28,7 @@ from cluda_deploy.config import EvalConfig
 from export.graph import DeployModule, SizeRule, needs_static_shape, select_network
 from export.images import Sample, calibration_images, folder_samples, generated_samples
 from export.onnx_export import InputShape, trace, write_onnx
-from export.options import DEFAULT_THRESHOLDS, ExportOptions
+from export.options import DEFAULT_THRESHOLDS, ExportOptions, ParityThresholds
 from export.sidecar import (
     SIDECAR_FORMAT,
     SIDECAR_VERSION,
@@ -398,6 +398,7 @@ def verify_model(
     max_images: int = 20,
     generated: int = 3,
     device: str = "cpu",
+    thresholds: dict[str, ParityThresholds] | None = None,
     echo: Echo = print,
 ) -> ParityReport:
     """``cluda verify``: re-run the parity check of an exported artefact against its checkpoint."""
@@ -431,7 +432,7 @@ def verify_model(
     precision = sidecar["precision"]
     report = check_parity(
         runner, image_sets(data, max_images, generated), prepared.reference(), prepared.info.label_space,
-        backend=backend, precision=precision, thresholds=DEFAULT_THRESHOLDS[precision],
+        backend=backend, precision=precision, thresholds=(thresholds or DEFAULT_THRESHOLDS)[precision],
         static_size=prepared.static_size(), batch=batch or 1,
     )  # fmt: skip
     echo(report.table())

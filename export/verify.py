@@ -5,8 +5,10 @@ The reference is the checkpoint's own test-time protocol in PyTorch fp32
 each image's own size (resized first only for a static-shape artefact). The artefact gets the
 same uint8 image. Per image set the report gives
 
-* ``max |dlogit|``: the largest absolute difference of the logits at the input size
-  (artefacts without a logits output: n/a);
+* ``max |dlogit|``: the largest absolute difference of the logits at the input size, and
+  ``rel``: that divided by max(1, the largest absolute PyTorch logit), which is what is gated
+  (random-init ResNet-101 logits reach 5e5, trained ones about 30); n/a for artefacts without a
+  logits output;
 * ``agreement``: the share of pixels whose predicted class is PyTorch's;
 * ``mIoU`` of PyTorch and of the artefact against the labels, where the set has labels, and the
   drop in points.
@@ -57,9 +59,16 @@ class SetParity:
     name: str
     images: int
     max_logit_error: float | None
+    logit_scale: float | None  # max(1, largest absolute PyTorch logit)
     pixel_agreement: float
     miou_reference: float | None
     miou_artefact: float | None
+
+    @property
+    def relative_logit_error(self) -> float | None:
+        if self.max_logit_error is None or self.logit_scale is None:
+            return None
+        return self.max_logit_error / self.logit_scale
 
     @property
     def miou_drop(self) -> float | None:
@@ -83,6 +92,7 @@ def compare_set(
     ref_cm = ConfusionMatrix(label_space.num_classes, label_space.ignore_index)
     art_cm = ConfusionMatrix(label_space.num_classes, label_space.ignore_index)
     max_error: float | None = 0.0 if runner.has_logits else None
+    scale = 1.0
     agree = total = 0
     labelled = 0
     for sample in samples:
@@ -98,6 +108,7 @@ def compare_set(
         if max_error is not None:
             error = float(np.abs(outputs["logits"][0].astype(np.float32) - ref_logits).max())
             max_error = max(max_error, error if math.isfinite(error) else math.inf)
+            scale = max(scale, float(np.abs(ref_logits).max()))
         if sample.label is not None:
             labelled += 1
             ref_cm.update(ref_labels, sample.label)
@@ -106,6 +117,7 @@ def compare_set(
         name=name,
         images=len(samples),
         max_logit_error=max_error,
+        logit_scale=scale if max_error is not None else None,
         pixel_agreement=agree / total,
         miou_reference=mean_iou(ref_cm.iou()) if labelled else None,
         miou_artefact=mean_iou(art_cm.iou()) if labelled else None,
@@ -125,9 +137,9 @@ class ParityReport:
     def failures(self) -> list[str]:
         gate, found = self.thresholds, []
         for s in self.sets:
-            error = s.max_logit_error
+            error = s.relative_logit_error
             if gate.max_logit_error is not None and error is not None and not error <= gate.max_logit_error:
-                found.append(f"{s.name}: max |dlogit| {s.max_logit_error:.2e} > {gate.max_logit_error:.0e}")
+                found.append(f"{s.name}: relative logit error {error:.2e} > {gate.max_logit_error:.0e}")
             if s.pixel_agreement < gate.min_pixel_agreement:
                 found.append(
                     f"{s.name}: pixel agreement {100 * s.pixel_agreement:.3f}% < "
@@ -144,20 +156,23 @@ class ParityReport:
 
     def table(self) -> str:
         head = f"parity of {self.artefact} ({self.backend}, {self.precision}) against PyTorch fp32"
-        cols = f"{'set':<12} {'images':>6} {'max |dlogit|':>12} {'agreement':>10} {'mIoU torch':>10} {'mIoU model':>10} {'drop':>6}"
+        cols = (f"{'set':<12} {'images':>6} {'max |dlogit|':>12} {'rel':>8} {'agreement':>10} "
+                f"{'mIoU torch':>10} {'mIoU model':>10} {'drop':>6}")
         lines = [head, cols, "-" * len(cols)]
         for s in self.sets:
             err = "n/a" if s.max_logit_error is None else f"{s.max_logit_error:.2e}"
+            rel = "n/a" if s.relative_logit_error is None else f"{s.relative_logit_error:.0e}"
             ref = "n/a" if s.miou_reference is None else f"{100 * s.miou_reference:.2f}"
             art = "n/a" if s.miou_artefact is None else f"{100 * s.miou_artefact:.2f}"
             drop = "n/a" if s.miou_drop is None else f"{s.miou_drop:.2f}"
             lines.append(
-                f"{s.name:<12} {s.images:>6} {err:>12} {100 * s.pixel_agreement:>9.3f}% {ref:>10} {art:>10} {drop:>6}"
+                f"{s.name:<12} {s.images:>6} {err:>12} {rel:>8} {100 * s.pixel_agreement:>9.3f}% {ref:>10} "
+                f"{art:>10} {drop:>6}"
             )
         gate = self.thresholds
         gates = [f"agreement >= {100 * gate.min_pixel_agreement:.1f}%", f"mIoU drop <= {gate.max_miou_drop}"]
         if gate.max_logit_error is not None:
-            gates.insert(0, f"max |dlogit| <= {gate.max_logit_error:.0e}")
+            gates.insert(0, f"rel <= {gate.max_logit_error:.0e}")
         verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures())
         lines.append(f"gates: {', '.join(gates)} -> {verdict}")
         return "\n".join(lines)
@@ -169,6 +184,7 @@ class ParityReport:
         sets = []
         for s in self.sets:
             row = {k: clean(v) for k, v in asdict(s).items()}
+            row["relative_logit_error"] = clean(s.relative_logit_error)
             row["miou_drop_points"] = clean(s.miou_drop)
             sets.append(row)
         return {

@@ -24,37 +24,32 @@ from export.sidecar import read_sidecar, write_sidecar
 from tests.real_fixtures import real_fixture
 
 SCALE = (256, 128)  # keep-ratio inference size inside the graph, like Cityscapes' (1024, 512)
-# Random weights give near-equal logits (the classifier starts at std 0.01), where any rounding
-# flips the argmax; a larger classifier makes the untrained model decisive, like a trained one.
-CLASSIFIER_GAIN = 300.0
+# An untrained network's class scores are nearly tied, so INT8 rounding flips about 10 % of its
+# pixels; the default 95 % gate is for trained models (BENCHMARKS.md has the demo model's).
+UNTRAINED_INT8_GATE = "int8.min_pixel_agreement=0.8"
 
 
-def decisive_checkpoint(path, model_cfg=None, eval_cfg=None):
+def tiny_checkpoint(path, model_cfg=None, eval_cfg=None):
     cfg = get_preset("demo")
     if model_cfg is not None:
         cfg.model = model_cfg
     cfg.eval = eval_cfg or EvalConfig(mode="whole", scale=SCALE)
     torch.manual_seed(0)
-    model = create_segmenter(cfg.model)
-    state = model.state_dict()
-    for key in state:
-        if key.startswith(("decode_head.conv_seg.", "decode_head.linear_pred.", "decode_head.aspp_modules.")):
-            state[key] = state[key] * CLASSIFIER_GAIN
-    return save_checkpoint(path, config=cfg, label_space=cityscapes_label_space(), state_dict=state,
-                           provenance={"iteration": 1})  # fmt: skip
+    return save_checkpoint(path, config=cfg, label_space=cityscapes_label_space(),
+                           state_dict=create_segmenter(cfg.model).state_dict(), provenance={"iteration": 1})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One dynamic export with logits, confidence and INT8, verified on real frames."""
     root = tmp_path_factory.mktemp("export")
-    ckpt = decisive_checkpoint(root / "demo.pt")
+    ckpt = tiny_checkpoint(root / "demo.pt")
     labelled = real_fixture("mmseg_pseudo_cityscapes")
     calib = real_fixture("espnet_cityscapes")
     out = root / "out"
     result = CliRunner().invoke(main, [
         "export", "-c", str(ckpt), "-o", str(out), "--logits", "--confidence", "--int8",
-        "--calib", str(calib), "--data", str(labelled), "--generated", "2",
+        "--calib", str(calib), "--data", str(labelled), "--generated", "2", "--gate", UNTRAINED_INT8_GATE,
     ])  # fmt: skip
     return {"ckpt": ckpt, "out": out, "result": result, "labelled": labelled}
 
@@ -69,7 +64,7 @@ def test_export_cli_writes_verified_artefacts(exported):
     assert report["passed"] and set(report["parity"]) == {"onnx_fp32", "onnx_int8"}
     fp32 = report["parity"]["onnx_fp32"]["sets"]
     assert [s["name"] for s in fp32] == ["generated", "data"] and fp32[1]["images"] == 1
-    assert fp32[1]["max_logit_error"] < 1e-3 and fp32[1]["pixel_agreement"] > 0.999
+    assert fp32[1]["relative_logit_error"] < 1e-4 and fp32[1]["pixel_agreement"] > 0.999
     assert fp32[1]["miou_reference"] is not None  # the fixture's labelTrainIds were found
     int8 = read_sidecar(out / "model_int8.onnx")
     assert int8["precision"] == "int8" and int8["parity"]["passed"]
@@ -115,6 +110,7 @@ def test_verify_later_and_json(exported, tmp_path):
     result = CliRunner().invoke(main, [
         "verify", str(exported["out"] / "model_int8.onnx"), "-c", str(exported["ckpt"]),
         "--data", str(exported["labelled"]), "--generated", "1", "--json", str(out_json),
+        "--gate", UNTRAINED_INT8_GATE,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "parity of model_int8.onnx (onnx, int8)" in result.output
@@ -142,7 +138,7 @@ def test_verify_rejects_foreign_onnx_and_other_checkpoint(exported, tmp_path):
     shutil.copy(exported["out"] / "model.onnx", foreign)  # same bytes, no sidecar
     result = CliRunner().invoke(main, ["verify", str(foreign), "-c", str(exported["ckpt"])])
     assert result.exit_code != 0 and "has no sidecar foreign.onnx.json" in result.output
-    other = decisive_checkpoint(tmp_path / "other.pt", eval_cfg=EvalConfig(mode="whole", scale=(512, 256)))
+    other = tiny_checkpoint(tmp_path / "other.pt", eval_cfg=EvalConfig(mode="whole", scale=(512, 256)))
     result = CliRunner().invoke(main, ["verify", str(exported["out"] / "model.onnx"), "-c", str(other)])
     assert result.exit_code != 0 and "was exported from another checkpoint" in result.output
     assert "Traceback" not in result.output
@@ -156,7 +152,7 @@ def test_export_bad_inputs_fail_before_work(tmp_path):
     empty = tmp_path / "calib"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    ckpt = decisive_checkpoint(tmp_path / "c.pt")
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
     result = CliRunner().invoke(main, ["export", "-c", str(ckpt), "-o", str(tmp_path / "o"), "--int8",
                                        "--calib", str(empty)])  # fmt: skip
     assert result.exit_code != 0 and f"calibration folder {empty} has no images" in result.output

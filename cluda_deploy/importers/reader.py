@@ -20,6 +20,7 @@ import hashlib
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _load(path: Path) -> Any:
+    """Memory-mapped where the file is a zip archive (torch >= 1.6 writes them): the teacher,
+    ImageNet copy and optimizer state of a training checkpoint are then never read."""
+    if zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def safe_load(path: str | os.PathLike) -> Any:
     """``torch.load(weights_only=True)`` with the numpy-scalar allow-list; refusals and foreign
     files raise :class:`MMSegImportError` in one line."""
@@ -99,7 +108,7 @@ def safe_load(path: str | os.PathLike) -> Any:
         raise MMSegImportError(f"checkpoint {path} does not exist; pass the released .pth file")
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _load(path)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:  # not a pickle weights_only understands: damaged or foreign bytes

@@ -186,18 +186,22 @@ def stitch_windows(window_logits: Tensor, boxes: Sequence[Box], batch: int) -> T
 
     ``window_logits (len(boxes) * batch, K, h, w)``: window i's logits are rows
     ``[i * batch, (i + 1) * batch)``; ``boxes`` are the windows in image pixels, already
-    divided by the output stride (:func:`scale_box`). Each window is pasted at its top-left
-    corner with its own logit size, the grid ends where the last window ends.
+    divided by the output stride (:func:`scale_box`). Each window is zero-padded into place
+    at its top-left corner with its own logit size (out-of-place ``F.pad``, as the reference,
+    which also keeps an exported graph small); the grid ends where the last window ends.
     Returns (batch, K, H, W), the mean over the windows covering each cell.
     """
-    height = max(y1 + window_logits.shape[-2] for y1, _, _, _ in boxes)
-    width = max(x1 + window_logits.shape[-1] for _, _, x1, _ in boxes)
     h, w = window_logits.shape[-2:]
-    total = window_logits.new_zeros((batch, window_logits.shape[1], height, width))
-    count = window_logits.new_zeros((1, 1, height, width))
+    height = max(y1 + h for y1, _, _, _ in boxes)
+    width = max(x1 + w for _, _, x1, _ in boxes)
+    ones = window_logits.new_ones((1, 1, h, w))
+    total = count = None
     for i, (y1, _, x1, _) in enumerate(boxes):
-        total[:, :, y1 : y1 + h, x1 : x1 + w] += window_logits[i * batch : (i + 1) * batch]
-        count[:, :, y1 : y1 + h, x1 : x1 + w] += 1
+        pad = (x1, width - x1 - w, y1, height - y1 - h)
+        part = F.pad(window_logits[i * batch : (i + 1) * batch], pad)
+        covered = F.pad(ones, pad)
+        total = part if total is None else total + part
+        count = covered if count is None else count + covered
     # No zero count: slide_windows refuses strides larger than the crop.
     return total / count
 

@@ -46,7 +46,6 @@ from training.confeti.heads import ConfetiHeads, cam_loss
 from training.confeti.proto_contrast import prototype_contrast_terms
 from training.confeti.prototypes import ClassPrototypes, prototype_pixel_weights
 from training.confeti.style import (
-    StyleTransfer,
     build_style_optimizer,
     from_tanh_range,
     style_from_config,
