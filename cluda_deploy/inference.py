@@ -72,12 +72,6 @@ def segment_image(
     return label.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy()
 
 
-def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a colourised label map over the image (both (H, W, 3) uint8)."""
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colors.astype(np.float32)
-    return blended.round().clip(0, 255).astype(np.uint8)
-
-
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

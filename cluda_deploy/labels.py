@@ -52,6 +52,12 @@ class LabelSpace:
         """(H, W) train ids -> (H, W, 3) uint8 colours."""
         return self.palette_array()[train_ids]
 
+    def overlay(self, image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """Blend the colourised (H, W) ids over an (H, W, 3) uint8 image; returns uint8."""
+        colors = self.colorize(train_ids).astype(np.float32)
+        blended = (1 - alpha) * image.astype(np.float32) + alpha * colors
+        return blended.round().clip(0, 255).astype(np.uint8)
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

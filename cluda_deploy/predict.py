@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from cluda_deploy.config import EvalConfig
 from cluda_deploy.data.io import IMAGE_SUFFIXES, read_image
-from cluda_deploy.inference import overlay, segment_image
+from cluda_deploy.inference import segment_image
 from cluda_deploy.labels import LabelSpace
 
 
@@ -56,7 +56,7 @@ def predict_images(
         label_path = out_dir / f"{path.stem}_labelTrainIds.png"
         overlay_path = out_dir / f"{path.stem}_overlay.png"
         Image.fromarray(label).save(label_path)
-        Image.fromarray(overlay(image, label_space.colorize(label))).save(overlay_path)
+        Image.fromarray(label_space.overlay(image, label)).save(overlay_path)
         shares = np.bincount(label.ravel(), minlength=label_space.num_classes) / label.size
         written.append(
             {

@@ -17,7 +17,6 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cluda_deploy.inference import overlay
 from cluda_deploy.labels import LabelSpace
 
 # Content type -> Pillow format; nothing else is ever handed to a Pillow decoder.
@@ -115,7 +114,7 @@ def label_png(labels: np.ndarray) -> bytes:
 
 def overlay_png(image: np.ndarray, labels: np.ndarray, label_space: LabelSpace, alpha: float) -> bytes:
     """Cityscapes-coloured labels blended over the (H, W, 3) input -> RGB PNG."""
-    return encode_png(overlay(image, label_space.colorize(labels), alpha))
+    return encode_png(label_space.overlay(image, labels, alpha))
 
 
 def confidence_to_uint8(confidence: np.ndarray) -> np.ndarray:
