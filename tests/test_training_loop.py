@@ -81,8 +81,9 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_demo_root, tmp_path):
 def test_cluda_ctrl_c_saves_after_the_step_and_resume_is_bit_exact(
     tiny_demo_root, tmp_path, monkeypatch
 ):
-    cfg = demo_config(tiny_demo_root, iters=4, method="cluda", **{"train.eval_interval": 2,
-                      "data.crop_size": "32x32"})  # fmt: skip
+    # with the feature distance on, so the frozen encoder is saved and restored too
+    sets = {"train.eval_interval": 2, "data.crop_size": "32x32", "uda.fd_lambda": 0.005}
+    cfg = demo_config(tiny_demo_root, iters=4, method="cluda", **sets)
     straight = adapt(cfg, tmp_path / "straight", progress=False)
 
     original_step = CLUDA.step

@@ -13,6 +13,7 @@ from training.methods import Networks, SegmenterForward, StepBatch, create_metho
 
 
 def setup(method: str, **sets):
+    sets = {"uda.fd_lambda": 0.005, **sets}  # the demo preset turns it off (no ImageNet weights)
     cfg = resolve_config("demo", [f"train.method={method}", *(f"{k}={v}" for k, v in sets.items())])
     torch.manual_seed(0)
     student = create_segmenter(cfg.model)
