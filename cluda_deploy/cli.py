@@ -429,7 +429,8 @@ def _dims(text: str | None, option: str, allowed: tuple[int, ...]) -> tuple[int,
 @click.option("--trt-cache", type=click.Path(file_okay=False), default=None,
               help="Engine + timing cache folder (default ~/.cache/cluda-deploy/tensorrt).")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
-              help="Real images to verify on (a folder, or a Cityscapes root: labels found give mIoU).")
+              help="Real images to verify on, e.g. data/cityscapes/leftImg8bit/val (labels found in the "
+              "gtFine mirror or beside the images give mIoU).")
 @click.option("--max-images", type=int, default=20, show_default=True, help="Verify on at most N of --data.")
 @click.option("--generated", type=int, default=3, show_default=True,
               help="Procedural street scenes (labelled) of several sizes to verify on.")
@@ -478,7 +479,7 @@ def export_command(checkpoint, out, static, logits, confidence, mode, scale, hrd
 @click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
               help="The checkpoint the model was exported from.")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
-              help="Images to verify on (a folder, or a Cityscapes root: labels found give mIoU).")
+              help="Images to verify on, e.g. data/cityscapes/leftImg8bit/val (labels found give mIoU).")
 @click.option("--max-images", type=int, default=20, show_default=True)
 @click.option("--generated", type=int, default=3, show_default=True, help="Procedural scenes to add.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)

@@ -4,7 +4,7 @@ confidence) out, with the checkpoint's whole test-time protocol inside the graph
 ``DeployModule.forward(images (N, H, W, 3) uint8 RGB)`` does, in this order, what
 ``cluda_deploy.inference.segment_logits`` does per image:
 
-1. NHWC uint8 -> NCHW float;
+1. uint8 -> float, NHWC -> NCHW;
 2. resize (bilinear, align_corners=False) to the inference size (:class:`SizeRule`);
 3. normalise with the checkpoint's mean/std;
 4. the network: whole-image (one forward, logits resized to the inference size) or, for
@@ -133,7 +133,8 @@ class DeployModule(nn.Module):
     def preprocess(self, images: Tensor) -> Tensor:
         """``(N, H, W, 3) uint8 -> (N, 3, h, w)`` normalised float at the inference size."""
         height, width = images.shape[1], images.shape[2]
-        x = images.permute(0, 3, 1, 2).float()
+        # Cast first: TensorRT takes a UINT8 network input only straight into a cast.
+        x = images.float().permute(0, 3, 1, 2)
         if self.size_rule.scale is not None:
             x = resize(x, self.size_rule(height, width))
         return (x - self.mean) / self.std

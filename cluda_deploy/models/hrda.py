@@ -34,16 +34,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cluda_deploy.config import HRDAConfig
-from cluda_deploy.models.heads import ConvModule, DecodeHead, TokenEmbedding, embed_and_concat
-from cluda_deploy.models.heads import _init_classifier as init_classifier
+from cluda_deploy.models.heads import ConvModule, DAFormerHead, DecodeHead
 from cluda_deploy.models.segmenter import Segmenter, resize, slide_windows
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2), the reference's crop-box order
 FUSION_MODES = ("hrda", "cluda")
 
 
-class ConvFusionHead(DecodeHead):
-    """DAFormer head with a single 1x1 ConvModule fusion (mmseg ``daformer_conv1`` layout).
+class ConvFusionHead(DAFormerHead):
+    """DAFormer head whose fusion is one 1x1 ConvModule (mmseg DAFormerHead with
+    ``fusion_cfg=dict(type='conv', kernel_size=1)``, the ``daformer_conv1`` layout).
 
     HRDA's ``scale_attention`` and CLUDA's ``feat_weighter`` are this head: per level a Linear
     ``C_i -> embed_dim``, resize to level 0, concat, 1x1 conv + BN + ReLU to ``channels``,
@@ -62,15 +62,12 @@ class ConvFusionHead(DecodeHead):
         channels: int = 256,
         dropout: float = 0.1,
     ):
-        super().__init__(num_classes, channels, output_stride=in_strides[0])
-        self.conv_seg = init_classifier(nn.Conv2d(channels, num_classes, 1))
-        self.dropout = nn.Dropout2d(dropout)
-        self.embed_layers = nn.ModuleList(TokenEmbedding(c, embed_dim) for c in in_channels)
+        super().__init__(
+            in_channels, in_strides, num_classes, embed_dim=embed_dim, fusion_channels=channels,
+            dilations=(1,), dropout=dropout,
+        )  # fmt: skip
+        # Replaces the (one-branch) sep-ASPP in place, so the key order stays the reference's.
         self.fuse_layer = ConvModule(len(in_channels) * embed_dim, channels, 1)
-
-    def forward_with_features(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        fused = self.fuse_layer(embed_and_concat(features, self.embed_layers))
-        return self.conv_seg(self.dropout(fused)), fused
 
 
 class HRDAHead(nn.Module):
