@@ -65,10 +65,15 @@ class InputShape:
         return {"images": dims}
 
 
-def trace(module: nn.Module, shape: InputShape, typical: tuple[int, int]) -> torch.export.ExportedProgram:
-    """``torch.export`` the module in eval mode for ``shape`` (may take a minute for dynamic H/W)."""
+def trace(
+    module: nn.Module, shape: InputShape, typical: tuple[int, int], device: str = "cpu"
+) -> torch.export.ExportedProgram:
+    """``torch.export`` the module (eval mode, on ``device``) for ``shape``.
+
+    Dynamic H/W make this symbolic trace slow: about 10 s for the demo model, minutes for MiT-B5.
+    """
     module.eval()
-    example = shape.example(typical)
+    example = shape.example(typical).to(device)
     with torch.no_grad():
         return torch.export.export(
             module,

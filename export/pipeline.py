@@ -246,9 +246,14 @@ class _Exporter:
         self.echo(f"  {label}: {self.result.seconds[label]:.1f} s")
         return value
 
-    def finish(self, key: str, path: Path, backend: str, precision: str, runner_fn) -> None:
+    def finish(
+        self, key: str, path: Path, backend: str, precision: str, runner_fn, tensorrt: dict | None = None
+    ) -> None:
         """Write the sidecar, run the parity check, record the report in the sidecar."""
         data = sidecar_data(self.p, backend, precision, self.o.outputs)
+        if tensorrt is not None:
+            data["tensorrt"] = tensorrt
+            data["provenance"]["tensorrt_version"] = tensorrt["version"]
         write_sidecar(path, data)
         self.result.artefacts[key] = path
         if not self.o.verify:
@@ -280,8 +285,9 @@ def export_model(
                        weights=options.weights, static=options.static)  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Exporter(prepared, options, out_dir, echo)
-    echo(f"export {checkpoint} -> {out_dir}: input {'x'.join(map(str, prepared.shape.as_list()))} uint8, "
-         f"{prepared.size_rule.describe()}, {prepared.eval_cfg.mode} inference")  # fmt: skip
+    dims = ", ".join(map(str, prepared.shape.as_list()))
+    echo(f"export {checkpoint} -> {out_dir}: input [{dims}] uint8 RGB; {prepared.size_rule.describe()}; "
+         f"{prepared.eval_cfg.mode} inference")  # fmt: skip
     program = run.timed("torch.export", trace, prepared.module(options.outputs), prepared.shape,
                         prepared.typical_size())  # fmt: skip
     fp32_onnx = run.onnx("model.onnx", "fp32", program)
@@ -333,59 +339,29 @@ def _export_aoti(run: _Exporter, program) -> None:
 
     device = run.o.aoti_device
     if device != "cpu":  # the ONNX program was traced on the CPU; a CUDA package needs its own
-        module = run.p.module(run.o.outputs).to(device)
-        program = run.timed(f"torch.export on {device}", trace_on_device, module, run.p, device)
+        module = copy.deepcopy(run.p.module(run.o.outputs)).to(device)  # the reference stays on the CPU
+        program = run.timed(f"torch.export on {device}", trace, module, run.p.shape, run.p.typical_size(), device)
     path, _ = run.timed("compile model.pt2 (AOTInductor)", write_aoti, program, run.out / "model.pt2")
     run.finish("aoti", path, "aoti", "fp32", lambda: AotiRunner(path, run.o.outputs, device))
 
 
-def trace_on_device(module: nn.Module, prepared: Prepared, device: str):
-    import torch
-
-    example = prepared.shape.example(prepared.typical_size()).to(device)
-    with torch.no_grad():
-        return torch.export.export(module, (example,), dynamic_shapes=prepared.shape.dynamic_shapes(),
-                                   prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
-
-
 def _export_tensorrt(run: _Exporter) -> None:
-    from export.tensorrt import (
-        DEFAULT_CACHE,
-        TensorRTRunner,
-        build_engine,
-        import_tensorrt,
-        plan_build,
-        profile_for,
-    )
+    from export.tensorrt import DEFAULT_CACHE, TensorRTRunner, build_precision, profile_for
 
-    trt = import_tensorrt()
     precisions = [p for p, wanted in (("fp16", run.o.fp16), ("int8", run.o.int8)) if wanted] or ["fp32"]
     shape = run.p.shape
     profile = profile_for((shape.batch, shape.height, shape.width), shape.min_side,
                           run.o.trt_min, run.o.trt_opt, run.o.trt_max)  # fmt: skip
-    onnx_files = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+    onnx_files = {p: run.out / n for p, n in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx"),
+                                              ("int8", "model_int8.onnx"))}  # fmt: skip
     for precision in precisions:
-        plan = plan_build(trt.__version__, precision)
-        source = run.out / onnx_files[plan.onnx_precision]
-        if not source.is_file():
-            raise ValueError(f"TensorRT {precision} builds {source.name}; export it too (--{plan.onnx_precision})")
-        sha = file_sha256(source)
         engine = run.out / f"model_{precision}.engine"
-        build = run.timed(f"build {engine.name}", build_engine, source, sha, engine, plan, profile,
-                          shape.dynamic, run.o.trt_cache or DEFAULT_CACHE, run.o.trt_workspace_gib)  # fmt: skip
-        data = sidecar_data(run.p, "tensorrt", precision, run.o.outputs)
-        data["tensorrt"] = build.sidecar_section(source, sha)
-        data["provenance"]["tensorrt_version"] = build.tensorrt_version
-        write_sidecar(engine, data)
-        run.result.artefacts[f"trt_{precision}"] = engine
-        if run.o.verify:
-            report = check_parity(TensorRTRunner(engine), run.sets, run.p.reference(), run.p.info.label_space,
-                                  backend="tensorrt", precision=precision,
-                                  thresholds=run.o.thresholds[precision], static_size=run.p.static_size(),
-                                  batch=run.batch)  # fmt: skip
-            run.result.reports[f"trt_{precision}"] = report
-            write_sidecar(engine, {**data, "parity": report.to_dict()})
-            run.echo(report.table())
+        build, source, sha = run.timed(
+            f"build {engine.name}", build_precision, precision, onnx_files, engine, profile, shape.dynamic,
+            run.o.trt_cache or DEFAULT_CACHE, run.o.trt_workspace_gib,
+        )  # fmt: skip
+        run.finish(f"trt_{precision}", engine, "tensorrt", precision,
+                   lambda engine=engine: TensorRTRunner(engine), build.sidecar_section(source, sha))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- verify later

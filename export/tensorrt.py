@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.sidecar import INPUT_NAME
+from export.sidecar import INPUT_NAME, file_sha256
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_CACHE = Path(os.environ.get("CLUDA_TRT_CACHE", Path.home() / ".cache" / "cluda-deploy" / "tensorrt"))
@@ -277,6 +277,33 @@ def build_engine(
     shutil.copyfile(engine_path, cached)
     timing_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return EngineBuild(engine_path, key, False, time.perf_counter() - start, trt.__version__, gpu, plan, profile)
+
+
+def build_precision(
+    precision: str,
+    onnx_files: dict[str, Path],
+    engine_path: Path,
+    profile: Profile,
+    dynamic: bool,
+    cache_dir: Path = DEFAULT_CACHE,
+    workspace_gib: float = 4.0,
+) -> tuple[EngineBuild, Path, str]:
+    """Build the ``precision`` engine from the ONNX file :func:`plan_build` picks.
+
+    ``onnx_files`` maps fp32/fp16/int8 to the exported files. Returns (build, the ONNX file used,
+    its sha256).
+    """
+    trt = import_tensorrt()
+    plan = plan_build(trt.__version__, precision)
+    source = onnx_files.get(plan.onnx_precision)
+    if source is None or not Path(source).is_file():
+        raise ValueError(
+            f"a TensorRT {trt.__version__} {precision} engine builds the {plan.onnx_precision} ONNX "
+            f"file; export it too (--{plan.onnx_precision})"
+        )
+    sha = file_sha256(source)
+    build = build_engine(Path(source), sha, engine_path, plan, profile, dynamic, cache_dir, workspace_gib)
+    return build, Path(source), sha
 
 
 class TensorRTRunner:

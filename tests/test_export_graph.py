@@ -166,29 +166,32 @@ def test_needs_static_shape_reasons():
     assert "HRDA full" in needs_static_shape("whole", "full")
 
 
-def _checkpoint(path, model_cfg=TINY, eval_cfg=None):
+def make_checkpoint(path, model_cfg: ModelConfig | None = None, eval_cfg: EvalConfig | None = None, **provenance):
+    """A random-weight checkpoint of the demo preset (or ``model_cfg``), native-size whole
+    inference unless ``eval_cfg`` says otherwise. Shared by the export tests."""
     cfg = get_preset("demo")
-    cfg.model = model_cfg
+    if model_cfg is not None:
+        cfg.model = model_cfg
     cfg.eval = eval_cfg or EvalConfig(mode="whole", scale=None)
     torch.manual_seed(0)
     return save_checkpoint(path, config=cfg, label_space=cityscapes_label_space(),
-                           state_dict=create_segmenter(model_cfg).state_dict())  # fmt: skip
+                           state_dict=create_segmenter(cfg.model).state_dict(), provenance=provenance)  # fmt: skip
 
 
 def test_prepare_requires_static_for_slide_and_hrda_full(tmp_path):
-    slide = _checkpoint(tmp_path / "slide.pt", eval_cfg=EvalConfig(mode="slide", scale=None, crop_size=(64, 64)))
+    slide = make_checkpoint(tmp_path / "slide.pt", TINY, EvalConfig(mode="slide", scale=None, crop_size=(64, 64)))
     with pytest.raises(ValueError, match="--static HxW"):
         prepare(slide)
     assert prepare(slide, mode="whole").eval_cfg.mode == "whole"
     assert prepare(slide, static=(1, 96, 128)).shape.as_list() == [1, 96, 128, 3]
-    hrda = _checkpoint(tmp_path / "hrda.pt", TINY_HRDA)
+    hrda = make_checkpoint(tmp_path / "hrda.pt", TINY_HRDA)
     with pytest.raises(ValueError, match="HRDA full"):
         prepare(hrda)
     assert prepare(hrda, hrda="student").hrda == "student"
 
 
 def test_prepare_min_side_and_static_below_it(tmp_path, tiny_model):
-    ckpt = _checkpoint(tmp_path / "c.pt")
+    ckpt = make_checkpoint(tmp_path / "c.pt", TINY)
     prepared = prepare(ckpt)
     # MiT needs 29 px at least; twice that, rounded up to a multiple of 32.
     assert min_side(tiny_model, SizeRule(None)) == 64 == prepared.shape.min_side

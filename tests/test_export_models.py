@@ -6,30 +6,19 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
-from cluda_deploy.checkpoint import save_checkpoint
-from cluda_deploy.config import EvalConfig, HRDAConfig, ModelConfig, get_preset
-from cluda_deploy.labels import cityscapes_label_space
-from cluda_deploy.models import backbone_names, create_segmenter, head_names
+from cluda_deploy.config import HRDAConfig, ModelConfig, get_preset
+from cluda_deploy.models import backbone_names, head_names
 from export.options import ExportOptions
 from export.pipeline import export_model
 from export.sidecar import check_input_shape, read_sidecar
+from tests.test_export_graph import make_checkpoint
 
 STATIC = (1, 64, 96)  # (N, H, W): static shapes keep the trace to seconds
 
 
-def _checkpoint(path, model_cfg: ModelConfig, eval_cfg: EvalConfig | None = None):
-    cfg = get_preset("demo")
-    cfg.model = model_cfg
-    cfg.eval = eval_cfg or EvalConfig(mode="whole", scale=None)
-    torch.manual_seed(0)
-    return save_checkpoint(path, config=cfg, label_space=cityscapes_label_space(),
-                           state_dict=create_segmenter(model_cfg).state_dict())  # fmt: skip
-
-
 def _export(tmp_path, model_cfg, **options):
-    ckpt = _checkpoint(tmp_path / "c.pt", model_cfg, options.pop("eval_cfg", None))
+    ckpt = make_checkpoint(tmp_path / "c.pt", model_cfg, options.pop("eval_cfg", None))
     opts = ExportOptions(static=options.pop("static", STATIC), generated=1, **options)
     return export_model(ckpt, tmp_path / "out", opts, echo=lambda _: None)
 

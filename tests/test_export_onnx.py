@@ -10,18 +10,15 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 
-from cluda_deploy.checkpoint import save_checkpoint
 from cluda_deploy.cli import main
-from cluda_deploy.config import EvalConfig, get_preset
+from cluda_deploy.config import EvalConfig
 from cluda_deploy.inference import segment_logits
-from cluda_deploy.labels import cityscapes_label_space
-from cluda_deploy.models import create_segmenter
 from export.runners import OnnxRunner
 from export.sidecar import read_sidecar, write_sidecar
 from tests.real_fixtures import real_fixture
+from tests.test_export_graph import make_checkpoint
 
 SCALE = (256, 128)  # keep-ratio inference size inside the graph, like Cityscapes' (1024, 512)
 # An untrained network's class scores are nearly tied, so INT8 rounding flips about 10 % of its
@@ -29,14 +26,8 @@ SCALE = (256, 128)  # keep-ratio inference size inside the graph, like Cityscape
 UNTRAINED_INT8_GATE = "int8.min_pixel_agreement=0.8"
 
 
-def tiny_checkpoint(path, model_cfg=None, eval_cfg=None):
-    cfg = get_preset("demo")
-    if model_cfg is not None:
-        cfg.model = model_cfg
-    cfg.eval = eval_cfg or EvalConfig(mode="whole", scale=SCALE)
-    torch.manual_seed(0)
-    return save_checkpoint(path, config=cfg, label_space=cityscapes_label_space(),
-                           state_dict=create_segmenter(cfg.model).state_dict(), provenance={"iteration": 1})  # fmt: skip
+def tiny_checkpoint(path, eval_cfg=None):
+    return make_checkpoint(path, eval_cfg=eval_cfg or EvalConfig(mode="whole", scale=SCALE), iteration=1)
 
 
 @pytest.fixture(scope="module")

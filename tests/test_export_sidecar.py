@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from cluda_deploy.checkpoint import save_checkpoint
-from cluda_deploy.config import EvalConfig, get_preset
-from cluda_deploy.labels import cityscapes_label_space
-from cluda_deploy.models import create_segmenter
+from cluda_deploy.config import EvalConfig
 from export.pipeline import prepare, sidecar_data
 from export.sidecar import (
     SidecarError,
@@ -21,17 +17,13 @@ from export.sidecar import (
     static_dims,
     write_sidecar,
 )
+from tests.test_export_graph import make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = get_preset("demo")
-    cfg.eval = EvalConfig(mode="whole", scale=(256, 128))
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "demo.pt"
-    save_checkpoint(path, config=cfg, label_space=cityscapes_label_space(),
-                    state_dict=create_segmenter(cfg.model).state_dict(), provenance={"iteration": 9})  # fmt: skip
-    return path
+    return make_checkpoint(path, eval_cfg=EvalConfig(mode="whole", scale=(256, 128)), iteration=9)
 
 
 @pytest.fixture

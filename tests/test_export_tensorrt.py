@@ -111,17 +111,11 @@ def test_tensorrt_engine_build_cache_and_parity(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT is installed but there is no CUDA GPU")
-    from cluda_deploy.checkpoint import save_checkpoint
-    from cluda_deploy.config import get_preset
-    from cluda_deploy.labels import cityscapes_label_space
-    from cluda_deploy.models import create_segmenter
     from export.options import ExportOptions
     from export.pipeline import export_model
+    from tests.test_export_graph import make_checkpoint
 
-    cfg = get_preset("demo")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "c.pt", config=cfg, label_space=cityscapes_label_space(),
-                           state_dict=create_segmenter(cfg.model).state_dict())  # fmt: skip
+    ckpt = make_checkpoint(tmp_path / "c.pt")
     options = ExportOptions(static=(1, 128, 256), trt=True, trt_cache=tmp_path / "cache")
     result = export_model(ckpt, tmp_path / "out", options, echo=lambda _: None)
     assert result.reports["trt_fp32"].passed
