@@ -1,8 +1,9 @@
 """``cluda adapt``: the UDA training loop, readable top to bottom.
 
-config -> (DDP) -> student, EMA teacher, frozen encoder -> optimizer -> datasets -> loop
-{losses, backward, step, EMA update, log, evaluate, checkpoint} -> final checkpoint. The method
-(training/methods) computes the loss terms of a step; everything else lives here.
+config -> (DDP) -> datasets -> student, optimizer (resume) -> EMA teacher, frozen encoder ->
+loaders -> loop {losses, backward, step, EMA update, log, evaluate, checkpoint}. The method
+(training/methods) computes the loss terms of a step; everything else lives here. A first Ctrl-C
+ends the loop after the current iteration with a checkpoint that resumes exactly.
 """
 
 from __future__ import annotations
@@ -191,8 +192,9 @@ def adapt(
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
 
     def save(name: str, iteration: int, rng: dict | None = None) -> Path:
-        training_state = None
-        if name == "latest":
+        training_state = teacher_state = None
+        if name == "latest":  # best.pt is a deployable file: the student only
+            teacher_state = None if teacher is None else teacher.state_dict()
             training_state = {
                 "iteration": iteration,
                 "optimizer": optimizer.state_dict(),
@@ -209,9 +211,7 @@ def adapt(
             label_space=label_space,
             state_dict=student.state_dict(),
             provenance={"iteration": iteration, "val_miou": best_miou if name == "best" else None},
-            teacher_state_dict=teacher.state_dict()
-            if teacher is not None and training_state
-            else None,
+            teacher_state_dict=teacher_state,
             training_state=training_state,
             mean=mean,
             std=std,
