@@ -436,7 +436,7 @@ def _dims(text: str | None, option: str, allowed: tuple[int, ...]) -> tuple[int,
               help="Procedural street scenes (labelled) of several sizes to verify on.")
 @click.option("--gate", "gates", multiple=True, metavar="PRECISION.KEY=VALUE",
               help="Change a parity gate, e.g. --gate int8.min_pixel_agreement=0.9 (defaults: fp32 "
-              "max_logit_error 1e-3 (relative), min_pixel_agreement 0.999, max_miou_drop 0.1 points; fp16 0.99 / 0.5; "
+              "max_logit_error 1e-2 (relative), min_pixel_agreement 0.999, max_miou_drop 0.1 points; fp16 0.99 / 0.5; "
               "int8 0.95 / 1.0).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity checks (not recommended).")
 @friendly_errors

@@ -25,12 +25,14 @@ class ParityThresholds:
 
 # Acceptance gates of research/deploy.md section 10 (derived from mmdeploy's T4 table and the
 # FP16/INT8 deltas of section 6.2): fp32 <= 0.1 mIoU drop; fp16 <= 0.5 and >= 99 % agreement
-# (NVIDIA TRTMC); int8 <= 1.0 mIoU. fp32 logits must match to 1e-3 of their largest magnitude
-# (float32 reordering gave 2e-5 at 2048x1024 on the demo model, BENCHMARKS.md; a wrong resize or
-# normalisation gives > 1e-2) and 99.9 % of pixels (argmax ties between near-equal logits may
-# flip). INT8 agreement has no published gate; 0.95 is ours.
+# (NVIDIA TRTMC); int8 <= 1.0 mIoU. fp32 logits must match to 1e-2 of their largest magnitude:
+# float32 reordering gave 2e-5 on the demo model at 2048x1024 and resize coordinates rounded
+# differently at non-integer factors about 1e-3 (TF32, TensorRT's fp32 default on Ampere and
+# later, keeps 10 mantissa bits), while a resize with the wrong align_corners gave 0.24
+# (BENCHMARKS.md). 99.9 % of pixels must agree (argmax ties between near-equal logits may flip).
+# INT8 agreement has no published gate; 0.95 is ours.
 DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
-    "fp32": ParityThresholds(max_logit_error=1e-3, min_pixel_agreement=0.999, max_miou_drop=0.1),
+    "fp32": ParityThresholds(max_logit_error=1e-2, min_pixel_agreement=0.999, max_miou_drop=0.1),
     "fp16": ParityThresholds(max_logit_error=None, min_pixel_agreement=0.99, max_miou_drop=0.5),
     "int8": ParityThresholds(max_logit_error=None, min_pixel_agreement=0.95, max_miou_drop=1.0),
 }

@@ -1,6 +1,7 @@
-"""``cluda export`` / ``cluda verify`` end to end on a tiny checkpoint: one dynamic-shape export
+"""``cluda export`` / ``cluda verify`` end to end on the demo-size model: one dynamic-shape export
 (ONNX + INT8) checked on generated images and the real Cityscapes fixtures, its I/O contract in
-onnxruntime, the parity gates catching a broken model, and clear errors for bad input."""
+onnxruntime, the keep-ratio resize in a dynamic graph, the parity gates catching a broken model,
+and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -10,31 +11,31 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cluda_deploy.cli import main
 from cluda_deploy.config import EvalConfig
 from cluda_deploy.inference import segment_logits
+from export.graph import DeployModule, SizeRule
+from export.onnx_export import InputShape, trace, write_onnx
 from export.runners import OnnxRunner
 from export.sidecar import read_sidecar, write_sidecar
 from tests.real_fixtures import real_fixture
-from tests.test_export_graph import make_checkpoint
+from tests.test_export_graph import MEAN, STD, make_checkpoint
 
-SCALE = (256, 128)  # keep-ratio inference size inside the graph, like Cityscapes' (1024, 512)
 # An untrained network's class scores are nearly tied, so INT8 rounding flips about 10 % of its
 # pixels; the default 95 % gate is for trained models (BENCHMARKS.md has the demo model's).
 UNTRAINED_INT8_GATE = "int8.min_pixel_agreement=0.8"
 
 
-def tiny_checkpoint(path, eval_cfg=None):
-    return make_checkpoint(path, eval_cfg=eval_cfg or EvalConfig(mode="whole", scale=SCALE), iteration=1)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """One dynamic export with logits, confidence and INT8, verified on real frames."""
+    """One dynamic export of the demo model (native size, as the demo preset) with logits,
+    confidence and INT8, verified on real frames. A keep-ratio resize makes the symbolic trace
+    about 4x slower; test_keep_ratio_resize_in_a_dynamic_graph covers it on a small network."""
     root = tmp_path_factory.mktemp("export")
-    ckpt = tiny_checkpoint(root / "demo.pt")
+    ckpt = make_checkpoint(root / "demo.pt", iteration=1)
     labelled = real_fixture("mmseg_pseudo_cityscapes")
     calib = real_fixture("espnet_cityscapes")
     out = root / "out"
@@ -88,6 +89,35 @@ def test_onnx_io_contract_dynamic_shapes(exported):
             assert (got["labels"][i] == ref.argmax(0)).mean() > 0.999
 
 
+class StrideFourNet(torch.nn.Module):
+    """A stand-in segmenter: one stride-4 conv to 19 classes (what the graph wraps is the same)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 19, 4, stride=4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_keep_ratio_resize_in_a_dynamic_graph(tmp_path):
+    scale = (256, 128)
+    module = DeployModule(StrideFourNet(), MEAN, STD, SizeRule(scale), EvalConfig(scale=scale), ("labels", "logits"))
+    program = trace(module, InputShape(None, None, None, 32), (192, 384))
+    runner = OnnxRunner(write_onnx(program, tmp_path / "keep.onnx", ["labels", "logits"]))
+    rng = np.random.default_rng(1)
+    # Landscape, portrait, upscaled, a GTA5-like frame and an odd size: every size is its own.
+    for height, width in ((128, 256), (300, 150), (40, 90), (1052, 1914), (97, 203)):
+        image = rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+        with torch.no_grad():
+            ref_labels, ref_logits = module(torch.from_numpy(image))
+        got = runner(image)
+        # onnxruntime and PyTorch round resize coordinates differently at non-integer factors.
+        np.testing.assert_allclose(got["logits"], ref_logits.numpy(), atol=1e-3, rtol=0)
+        assert (got["labels"] == ref_labels.numpy()).mean() > 0.999
+
+
 def test_int8_graph_is_qdq(exported):
     model = onnx.load(str(exported["out"] / "model_int8.onnx"))
     ops = {node.op_type for node in model.graph.node}
@@ -129,7 +159,7 @@ def test_verify_rejects_foreign_onnx_and_other_checkpoint(exported, tmp_path):
     shutil.copy(exported["out"] / "model.onnx", foreign)  # same bytes, no sidecar
     result = CliRunner().invoke(main, ["verify", str(foreign), "-c", str(exported["ckpt"])])
     assert result.exit_code != 0 and "has no sidecar foreign.onnx.json" in result.output
-    other = tiny_checkpoint(tmp_path / "other.pt", eval_cfg=EvalConfig(mode="whole", scale=(512, 256)))
+    other = make_checkpoint(tmp_path / "other.pt", eval_cfg=EvalConfig(mode="whole", scale=(512, 256)))
     result = CliRunner().invoke(main, ["verify", str(exported["out"] / "model.onnx"), "-c", str(other)])
     assert result.exit_code != 0 and "was exported from another checkpoint" in result.output
     assert "Traceback" not in result.output
@@ -143,7 +173,7 @@ def test_export_bad_inputs_fail_before_work(tmp_path):
     empty = tmp_path / "calib"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    ckpt = make_checkpoint(tmp_path / "c.pt")
     result = CliRunner().invoke(main, ["export", "-c", str(ckpt), "-o", str(tmp_path / "o"), "--int8",
                                        "--calib", str(empty)])  # fmt: skip
     assert result.exit_code != 0 and f"calibration folder {empty} has no images" in result.output
