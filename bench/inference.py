@@ -15,7 +15,10 @@ head, embed 256), random weights, 19 classes, run at the input size (``--scale n
 the graph's keep-ratio resize (``--scale 1024x512``). Per configuration: ``--warmup`` untimed
 runs, then up to ``--repeats`` timed ones; a configuration whose first run already exceeds
 ``--budget-s`` is timed once, and larger batches predicted to exceed it are skipped (listed as
-such). Prints a Markdown table and writes JSON with the machine details.
+such). On the CPU the peak resident memory of each configuration is sampled, and a larger batch
+whose predicted peak exceeds ``--max-memory-gb`` (default: 80 % of the memory available at the
+start) is skipped too: 4x1024x2048 through MiT once paged a 24 GiB machine for 15 minutes. Prints
+a Markdown table and writes JSON with the machine details.
 
     PYTHONPATH=. python bench/inference.py --models demo,mit_b0 --sizes 512x1024,1024x2048 \\
         --batches 1,2,4 --backends torch,onnx,onnx-int8,aoti --json inference.json
@@ -28,6 +31,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=60.0, help="time budget per configuration")
+    parser.add_argument("--max-memory-gb", type=float, default=None,
+                        help="skip batches predicted to peak above this resident memory (CPU; default 80%% of available)")
     parser.add_argument("--calib-images", type=int, default=4, help="generated images for INT8 calibration")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the exported files here")
     parser.add_argument("--json", type=Path, default=None)
@@ -184,6 +190,50 @@ class Prepared:
         return path
 
 
+def available_memory_gb() -> float | None:
+    """MemAvailable from /proc/meminfo in GiB (None where there is no /proc)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+class PeakRSS:
+    """Samples this process's resident set size (/proc/self/statm) every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_gb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def current_gb() -> float:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0.0
+        return pages * 4096 / 2**30
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_gb = max(self.peak_gb, self.current_gb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak_gb = self.current_gb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_gb = max(self.peak_gb, self.current_gb())
+
+
 def time_runs(run, images: np.ndarray, warmup: int, repeats: int, budget: float, sync) -> list[float]:
     """Seconds per call: ``warmup`` untimed calls, then timed ones until ``repeats`` or the budget."""
     times: list[float] = []
@@ -215,6 +265,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
     batches = [int(b) for b in args.batches.split(",") if b]
     backends = [b for b in args.backends.split(",") if b]
+    memory_cap = args.max_memory_gb
+    if memory_cap is None and device == "cpu":
+        available = available_memory_gb()
+        memory_cap = None if available is None else 0.8 * available
     work_root = args.work_dir or Path(tempfile.mkdtemp(prefix="cluda-bench-"))
     names = ["checkpoint"] if args.checkpoint else [m for m in args.models.split(",") if m]
     results, builds = [], {}
@@ -232,18 +286,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print_row(results[-1], header=len(results) == 1)
                 continue
             for height, width in sizes:
-                per_image = None
+                per_image = gb_per_image = None
                 for batch in batches:
                     row = {"model": name, "backend": backend, "size": f"{height}x{width}", "batch": batch}
+                    base_gb = PeakRSS.current_gb()
+                    predicted_gb = None if gb_per_image is None else base_gb + gb_per_image * batch
                     if per_image is not None and per_image * batch > args.budget_s:
                         row["skipped"] = f"predicted {per_image * batch:.0f} s per run > budget {args.budget_s:.0f} s"
+                    elif device == "cpu" and memory_cap and predicted_gb and predicted_gb > memory_cap:
+                        row["skipped"] = f"predicted peak {predicted_gb:.2f} GiB > --max-memory-gb {memory_cap:.2f}"
                     else:
                         images = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-                        times = time_runs(run, images, args.warmup, args.repeats, args.budget_s, sync)
+                        with PeakRSS() as memory:
+                            times = time_runs(run, images, args.warmup, args.repeats, args.budget_s, sync)
                         median = statistics.median(times)
                         per_image = median / batch
+                        gb_per_image = max(memory.peak_gb - base_gb, 0.0) / batch
                         row.update(median_ms=round(1e3 * median, 1), min_ms=round(1e3 * min(times), 1),
-                                   images_per_s=round(batch / median, 2), runs=len(times))  # fmt: skip
+                                   images_per_s=round(batch / median, 2), runs=len(times),
+                                   peak_rss_gb=round(memory.peak_gb, 2))  # fmt: skip
                     results.append(row)
                     print_row(row, header=len(results) == 1)
             del run
@@ -264,14 +325,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def print_row(row: dict, header: bool) -> None:
     if header:
-        print("| model | backend | input | batch | median (ms) | images/s | runs |")
-        print("|---|---|---|---:|---:|---:|---:|")
+        print("| model | backend | input | batch | median (ms) | images/s | runs | peak RSS (GiB) |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
     if "median_ms" in row:
         print(f"| {row['model']} | {row['backend']} | {row['size']} | {row['batch']} | {row['median_ms']} | "
-              f"{row['images_per_s']} | {row['runs']} |", flush=True)  # fmt: skip
+              f"{row['images_per_s']} | {row['runs']} | {row.get('peak_rss_gb', '')} |", flush=True)  # fmt: skip
     else:
         where = f"{row.get('size', '-')} | {row.get('batch', '-')}"
-        print(f"| {row['model']} | {row['backend']} | {where} | skipped: {row['skipped']} | | |", flush=True)
+        print(f"| {row['model']} | {row['backend']} | {where} | skipped: {row['skipped']} | | | |", flush=True)
 
 
 if __name__ == "__main__":

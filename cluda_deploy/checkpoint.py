@@ -68,7 +68,10 @@ def build_checkpoint(
     training_state: dict[str, Any] | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    modules: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
+    """The checkpoint dict (module docstring). ``modules``: name -> state dict of a method's extra
+    networks (e.g. CONFETI's translator ``confeti_style``), stored under ``modules``."""
     prov = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cluda_deploy_version": __version__,
@@ -92,6 +95,10 @@ def build_checkpoint(
         ckpt["teacher_state_dict"] = {k: v.detach().cpu() for k, v in teacher_state_dict.items()}
     if training_state is not None:
         ckpt["training_state"] = training_state
+    if modules:
+        ckpt["modules"] = {
+            name: {k: v.detach().cpu() for k, v in state.items()} for name, state in modules.items()
+        }
     return ckpt
 
 

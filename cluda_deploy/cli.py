@@ -56,10 +56,12 @@ def _default_preset(source: str | None, target: str | None) -> str:
 @main.command()
 @click.option("--preset", default=None, help="Named config (see 'cluda presets'). Default: "
               "cluda-daformer-mitb5, or cluda-daformer-mitb5-synthia for --source synthia.")
-@click.option("--method", type=click.Choice(["source-only", "dacs", "cluda"]), default=None,
+@click.option("--method", type=click.Choice(["source-only", "dacs", "cluda", "confeti"]), default=None,
               help="UDA method (default: the preset's; cluda for the paper presets): source-only "
               "(supervised on the source), dacs (DAFormer self-training: EMA teacher, ClassMix, "
-              "rare-class sampling, feature distance), cluda (dacs + the CLUDA contrastive loss).")
+              "rare-class sampling, feature distance), cluda (dacs + the CLUDA contrastive loss), "
+              "confeti (dacs on CUT-stylised source + prototype contrast; runs its whole "
+              "schedule, see the confeti-dlv2-r101* and demo-confeti presets).")
 @click.option("--source", default=None, help="Source dataset: gta | synthia (| demo-source).")
 @click.option("--target", default=None, help="Target dataset: cityscapes | folder (| demo-target).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
@@ -200,6 +202,36 @@ def predict(checkpoint, inputs, out, mode, scale, device, quiet):
                              info.std, dev, progress=not quiet)
     (Path(out) / "predictions.json").write_text(json.dumps(written, indent=2))
     click.echo(f"wrote {len(written)} label maps and overlays to {out}")
+
+
+# --------------------------------------------------------------------------- stylize (CONFETI)
+
+
+@main.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+              help="A checkpoint of 'cluda adapt --method confeti' (either stage; it holds the translator).")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output folder for <name>_stylized.png.")
+@click.option("--scale", default="checkpoint", show_default=True, metavar="LONGxSHORT|native|checkpoint",
+              help="Keep-ratio resize before translating: the run's data.source_scale, a size, or none.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@friendly_errors
+def stylize(checkpoint, images, out, scale, device, quiet):
+    """Translate source IMAGES (files or folders) to the target style with a CONFETI run's generator:
+    what its pixel-level alignment feeds the segmenter."""
+    from cluda_deploy.config import EvalConfig
+    from cluda_deploy.inference import pick_device
+    from cluda_deploy.predict import collect_images
+    from training.confeti.stylize import stylize_images
+
+    if not images:
+        raise click.UsageError("no IMAGES given; pass image files or folders, e.g. data/gta/images")
+    size = scale if scale == "checkpoint" else _eval_config(EvalConfig(), None, scale).scale
+    written = stylize_images(checkpoint, collect_images(images), Path(out), scale=size,
+                             device=pick_device(device), progress=not quiet)  # fmt: skip
+    click.echo(f"wrote {len(written)} stylised images to {out}")
 
 
 # --------------------------------------------------------------------------- data

@@ -146,11 +146,92 @@ class UDAConfig:
     # as a class of their own, and features flattened pixel-major against batch-major labels.
     cl_void_as_class: bool = False
     cl_faithful_ordering: bool = False
+    # HRDA training (model.hrda.enabled; research/cluda.md 3.3, 4.4): loss (1 - w) CE(fused) +
+    # w CE(detail) with w = hr_loss_weight 0.1; CLUDA's entropy-guided detail crop of the mixed
+    # images from iteration > 12000 on (the release's local_iter > 12000; None = random crops
+    # throughout, as HRDA's own release).
+    hrda_detail_loss_weight: float = 0.1
+    hrda_entropy_crop_start: int | None = 12000
+    # CLUDA's learned-weighted multi-resolution contrast (4.1-4.3), used with HRDA: the release's
+    # final factor 0.5 (times cl_weight), and the embedding width of its one-channel weighting
+    # head feat_weighter (E = 256, the scale-attention layout).
+    cl_multires_scale: float = 0.5
+    cl_weighter_embed_dim: int = 256
+    # MIC masked image consistency (section 5): off unless --mic; 70 % of 64x64 patches masked
+    # (MIC's block size for 1024 crops; its DAFormer 512-crop configs use 32), loss weight 1.
+    mic: bool = False
+    mic_patch: int = 64
+    mic_ratio: float = 0.7
+    mic_weight: float = 1.0
+
+
+@dataclass
+class StyleConfig:
+    """CONFETI's CUT translator (research/confeti.md sections 3 and 8; CUT's defaults)."""
+
+    # resnet_9blocks generator (ngf 64), basic 70x70 PatchGAN (ndf 64, 3 layers), mlp_sample F.
+    ngf: int = 64
+    n_blocks: int = 9
+    ndf: int = 64
+    d_layers: int = 3
+    mlp_channels: int = 256  # netF_nc
+    # Generator layers PatchNCE reads (CUT nce_layers 0,4,8,12,16), patches per layer (negatives
+    # from the same image only), temperature nce_T.
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
+    num_patches: int = 256
+    nce_temperature: float = 0.07
+    nce_identity: bool = True  # CUT_mode=CUT: identity NCE on G(target), averaged with the NCE
+    lambda_gan: float = 1.0  # LSGAN
+    lambda_nce: float = 1.0
+    init_gain: float = 0.02  # xavier
+    # CUT's Adam for G, D and F; constant (CONFETI never steps CUT's schedulers).
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+
+@dataclass
+class ConfetiConfig:
+    """CONFETI (research/confeti.md sections 4-7, 11, 12): cxa9264/CONFETI's values."""
+
+    # Schedule: stages=2 runs stage 1 (segmenter + translator jointly, stage1_iters on
+    # stage1_crop_size crops) then stage 2 (a fresh segmenter, stage 1's generator frozen,
+    # train.iters on data.crop_size); stages=1 is the authors' one-stage (CONFETII) schedule.
+    # stage: 0 = the whole schedule ('cluda adapt'), 1 or 2 = one stage alone (set by the schedule).
+    stages: int = 2
+    stage: int = 0
+    stage1_iters: int = 80000
+    stage1_crop_size: tuple[int, int] = (512, 512)
+    # Translator to start from (stage 1) or to freeze (stage 2): a confeti checkpoint or a CUT
+    # latest_net_G.pth; None = random init in stage 1. The two-stage schedule sets it for stage 2.
+    generator: str | None = None
+    # Prototypes: K x proto_dim, EMA-projected features of the mixed images, CAM-weighted top-k,
+    # momentum update; source pixels with unit weights until proto_warmup_iters (section 5).
+    proto_dim: int = 512
+    proto_momentum: float = 0.999
+    proto_top_k: int = 32
+    proto_warmup_iters: int = 3000
+    # CAM head: image-level BCE on the stylised source (always), mixed images after cam_mix_start.
+    cam_weight: float = 1.0
+    cam_mix_start: int = 2000
+    # Pixel-to-prototype InfoNCE and the SePiCo regulariser (weight reg_weight / (K ln K)),
+    # after contrast_start (section 6). reg_mode: 'reference' (the released sign) | 'uniform'.
+    contrast_weight: float = 0.5
+    contrast_temperature: float = 0.1
+    contrast_samples: int = 4096
+    contrast_start: int = 3000
+    reg_weight: float = 2.0
+    reg_mode: str = "reference"
+    target_contrast: bool = True  # stage 1: also on the target crops, x the pseudo-label weight
+    # Prototypical semantic consistency of the generator (stage 1), weight 0.1; frozen_bn=True
+    # runs those passes on BN running statistics (a deliberate deviation, section 17.4).
+    consistency_weight: float = 0.1
+    consistency_frozen_bn: bool = False
+    style: StyleConfig = field(default_factory=StyleConfig)
 
 
 @dataclass
 class TrainConfig:
-    method: str = "cluda"  # source-only | dacs | cluda
+    method: str = "cluda"  # source-only | dacs | cluda | confeti
     iters: int = 40000
     seed: int = 0
     eval_interval: int = 4000
@@ -181,6 +262,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     uda: UDAConfig = field(default_factory=UDAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    confeti: ConfetiConfig = field(default_factory=ConfetiConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -241,11 +323,18 @@ def _hrda(cfg: Config) -> Config:
     """HRDA on top of ``cfg``: 1024x1024 training crops of the full-resolution frames
     (GTA5 at 2560x1440, Cityscapes at 2048x1024; research/cluda.md 2.1), and HRDA's test
     protocol (2.10): full resolution, 1024x1024 windows every 512 px, each segmented by
-    context + detail fusion (3.4). Multi-resolution training itself is issue 4."""
+    context + detail fusion (3.4). With a UDA method the training is multi-resolution
+    (training/hrda.py)."""
     cfg.model.hrda.enabled = True
     cfg.data.crop_size = (1024, 1024)
     cfg.data.source_scale = (2560, 1440)
     cfg.data.target_scale = (2048, 1024)
+    # RCS crops must show 2.0 x 3000 px of the class (4x the pixels of a 512 crop, 3.5), and
+    # HRDA's pseudo-label margins ("cpl v2": 30 px top, 240 px bottom of the 1024-px-high frame;
+    # its 30 px left/right margins of the full frame are not modelled: crops are margins-agnostic).
+    cfg.uda.rcs_min_crop_ratio = 2.0
+    cfg.uda.pseudo_ignore_top = 30
+    cfg.uda.pseudo_ignore_bottom = 240
     cfg.eval = EvalConfig(mode="slide", scale=(2048, 1024), crop_size=(1024, 1024), stride=(512, 512))
     return cfg
 
@@ -253,7 +342,9 @@ def _hrda(cfg: Config) -> Config:
 @register_preset("hrda-mitb5")
 def _hrda_mitb5() -> Config:
     """HRDA (DAFormer head + scale attention) on MiT-B5: model, crops and test protocol."""
-    return _hrda(Config(preset="hrda-mitb5"))
+    cfg = _hrda(Config(preset="hrda-mitb5"))
+    cfg.uda.hrda_entropy_crop_start = None  # CLUDA's addition; HRDA's release crops at random
+    return cfg
 
 
 @register_preset("cluda-hrda-mitb5")
@@ -262,6 +353,16 @@ def _cluda_hrda_mitb5() -> Config:
     cfg = _hrda(Config(preset="cluda-hrda-mitb5"))
     cfg.model.embed_dim = 512  # CLUDA's daformer_conv1_mitb5.py; the attention head keeps 256
     cfg.model.hrda.fusion = "cluda"
+    return cfg
+
+
+@register_preset("cluda-hrda-mitb5-synthia")
+def _cluda_hrda_mitb5_synthia() -> Config:
+    """CLUDA on HRDA / MiT-B5, Synthia (at 2560x1520, research/cluda.md 2.1) -> Cityscapes."""
+    cfg = _cluda_hrda_mitb5()
+    cfg.preset = "cluda-hrda-mitb5-synthia"
+    cfg.data.source = "synthia"
+    cfg.data.source_scale = (2560, 1520)
     return cfg
 
 
@@ -300,6 +401,78 @@ def _demo() -> Config:
         fd_lambda=0.0, cl_grid=(16, 16), cl_chunk_size=512,
     )  # fmt: skip
     cfg.eval = EvalConfig(mode="whole", scale=None)
+    return cfg
+
+
+@register_preset("demo-hrda")
+def _demo_hrda() -> Config:
+    """CLUDA on HRDA on the demo domains, a few seconds per iteration on a CPU: the demo model
+    with a scale-attention head; HRDA's sizes divided by 8 (128x128 crops of the native frames,
+    a 64x64 context view, 64x64 detail crops every 32 px, 8 px MIC patches), its test protocol
+    (128x128 windows every 64 px), the entropy crop from 30 % of the run on (12k of 40k)."""
+    cfg = _demo()
+    cfg.preset = "demo-hrda"
+    cfg.model.hrda = HRDAConfig(
+        enabled=True, detail_crop_size=(64, 64), detail_stride=(32, 32), attention_embed_dim=32,
+        fusion="cluda",
+    )  # fmt: skip
+    cfg.train.method = "cluda"
+    cfg.uda.cl_weighter_embed_dim = 32
+    cfg.uda.hrda_entropy_crop_start = 120
+    cfg.uda.mic_patch = 8
+    cfg.eval = EvalConfig(mode="slide", scale=None, crop_size=(128, 128), stride=(64, 64))
+    return cfg
+
+
+def _confeti_dlv2(name: str) -> Config:
+    """cxa9264/CONFETI's GTA5 -> Cityscapes setup (research/confeti.md section 3): DeepLabV2 /
+    ResNet-101 from ImageNet, Cityscapes resized to 1280x640 for training, the DAFormer UDA
+    defaults, seed 114, whole-image evaluation at the native 2048x1024 (its test Resize is
+    commented out)."""
+    cfg = _dlv2_r101()
+    cfg.preset = name
+    cfg.data.target_scale = (1280, 640)
+    cfg.train.method = "confeti"
+    cfg.train.seed = 114
+    cfg.eval = EvalConfig(mode="whole", scale=None)
+    return cfg
+
+
+@register_preset("confeti-dlv2-r101")
+def _confeti_dlv2_r101() -> Config:
+    """CONFETI, two stages: 80k joint on 512x512 crops, then 80k with the frozen translator on 640x640."""
+    cfg = _confeti_dlv2("confeti-dlv2-r101")
+    cfg.train.iters = 80000
+    cfg.data.crop_size = (640, 640)  # stage 2; stage 1 uses confeti.stage1_crop_size (512x512)
+    return cfg
+
+
+@register_preset("confeti-dlv2-r101-1stage")
+def _confeti_dlv2_r101_1stage() -> Config:
+    """CONFETI, the authors' one-stage schedule (cxa9264/CONFETII): 40k joint on 640x640 crops."""
+    cfg = _confeti_dlv2("confeti-dlv2-r101-1stage")
+    cfg.confeti.stages = 1
+    cfg.train.iters = 40000
+    cfg.train.seed = 0
+    cfg.train.amp = "fp16"  # CONFETII trains with fp16 autocast and a GradScaler
+    cfg.data.crop_size = (640, 640)
+    return cfg
+
+
+@register_preset("demo-confeti")
+def _demo_confeti() -> Config:
+    """CONFETI on the demo domains: the demo model, a tiny translator, two short stages on CPU."""
+    cfg = _demo()
+    cfg.preset = "demo-confeti"
+    cfg.train.method = "confeti"
+    # The reference's iteration gates (2000/3000 of 80000) scaled to a few hundred iterations;
+    # 64-d prototypes on the 64-channel fused map; a translator with 8/16/32 channels.
+    cfg.confeti = ConfetiConfig(
+        stage1_iters=200, stage1_crop_size=(128, 128), proto_dim=64, proto_warmup_iters=30,
+        cam_mix_start=20, contrast_start=30,
+        style=StyleConfig(ngf=8, n_blocks=2, ndf=8, mlp_channels=32, nce_layers=(0, 4, 8, 12, 13),
+                          num_patches=64),
+    )  # fmt: skip
     return cfg
 
 

@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.sidecar import INPUT_NAME
+from cluda_deploy.sidecar import INPUT_NAME
 
 # torch.onnx's dynamo exporter needs opset >= 18; 18 exports LayerNormalization as one op, which
 # TensorRT runs at full precision (research/deploy.md 6.1: SegFormer FP16 engines need it).

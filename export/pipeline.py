@@ -25,11 +25,7 @@ from torch import nn
 from cluda_deploy import __version__
 from cluda_deploy.checkpoint import CheckpointInfo, load_segmenter
 from cluda_deploy.config import EvalConfig
-from export.graph import DeployModule, SizeRule, needs_static_shape, select_network
-from export.images import Sample, calibration_images, folder_samples, generated_samples
-from export.onnx_export import InputShape, trace, write_onnx
-from export.options import DEFAULT_THRESHOLDS, ExportOptions, ParityThresholds
-from export.sidecar import (
+from cluda_deploy.sidecar import (
     SIDECAR_FORMAT,
     SIDECAR_VERSION,
     SidecarError,
@@ -38,6 +34,10 @@ from export.sidecar import (
     static_dims,
     write_sidecar,
 )
+from export.graph import DeployModule, SizeRule, needs_static_shape, select_network
+from export.images import Sample, calibration_images, folder_samples, generated_samples
+from export.onnx_export import InputShape, trace, write_onnx
+from export.options import DEFAULT_THRESHOLDS, ExportOptions, ParityThresholds
 from export.verify import ParityError, ParityReport, check_parity, pytorch_reference
 
 Echo = Callable[[str], None]
@@ -162,7 +162,7 @@ def _output_specs(outputs: list[str], shape: InputShape, num_classes: int) -> li
 
 
 def sidecar_data(prepared: Prepared, backend: str, precision: str, outputs: list[str]) -> dict[str, Any]:
-    """The sidecar of one artefact (``export.sidecar`` documents the schema)."""
+    """The sidecar of one artefact (``cluda_deploy.sidecar`` documents the schema)."""
     shape, rule = prepared.shape, prepared.size_rule
     inference_size: dict[str, Any] = {"rule": rule.name, "scale": list(rule.scale) if rule.scale else None,
                                       "description": rule.describe()}  # fmt: skip

@@ -11,7 +11,7 @@ Written against TensorRT's documented Python API (``tensorrt`` 10.x and 11.x):
 * **Optimisation profile.** One profile for the ``images`` input, ``(N, H, W, 3)`` min/opt/max
   (:func:`profile_for`): static axes are fixed, dynamic ones take the ``--trt-min/opt/max`` given
   or defaults around Cityscapes frames (mmdeploy's dynamic profile: 512x1024 .. 2048x2048,
-  tuned at 1024x2048). A request outside it is refused (``export.sidecar.check_input_shape``).
+  tuned at 1024x2048). A request outside it is refused (``cluda_deploy.sidecar.check_input_shape``).
 * **Timing cache** (``IBuilderConfig.create_timing_cache`` / ``set_timing_cache`` / serialize),
   one file per GPU and TensorRT version: rebuilds reuse the layer timings.
 * **Engine cache**: a plan only runs on the GPU architecture and TensorRT version that built it
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.sidecar import INPUT_NAME, file_sha256
+from cluda_deploy.sidecar import INPUT_NAME, file_sha256
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_CACHE = Path(os.environ.get("CLUDA_TRT_CACHE", Path.home() / ".cache" / "cluda-deploy" / "tensorrt"))

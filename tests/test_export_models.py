@@ -9,9 +9,9 @@ import pytest
 
 from cluda_deploy.config import HRDAConfig, ModelConfig, get_preset
 from cluda_deploy.models import backbone_names, head_names
+from cluda_deploy.sidecar import check_input_shape, read_sidecar
 from export.options import ExportOptions
 from export.pipeline import export_model
-from export.sidecar import check_input_shape, read_sidecar
 from tests.test_export_graph import make_checkpoint
 
 STATIC = (1, 64, 96)  # (N, H, W): static shapes keep the trace to seconds

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from cluda_deploy.cli import main
 from cluda_deploy.config import EvalConfig
 from cluda_deploy.inference import segment_logits
+from cluda_deploy.sidecar import read_sidecar, write_sidecar
 from export.graph import DeployModule, SizeRule
 from export.onnx_export import InputShape, trace, write_onnx
 from export.runners import OnnxRunner
-from export.sidecar import read_sidecar, write_sidecar
 from tests.real_fixtures import real_fixture
 from tests.test_export_graph import MEAN, STD, make_checkpoint
 

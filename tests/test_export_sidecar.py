@@ -8,8 +8,7 @@ import json
 import pytest
 
 from cluda_deploy.config import EvalConfig
-from export.pipeline import prepare, sidecar_data
-from export.sidecar import (
+from cluda_deploy.sidecar import (
     SidecarError,
     check_input_shape,
     read_sidecar,
@@ -17,6 +16,7 @@ from export.sidecar import (
     static_dims,
     write_sidecar,
 )
+from export.pipeline import prepare, sidecar_data
 from tests.test_export_graph import make_checkpoint
 
 

@@ -41,9 +41,9 @@ def test_block_mask_masks_the_configured_share():
 
 
 def test_block_mask_errors_name_the_fix():
-    with pytest.raises(ValueError, match=r"uda.mic_block_size=64 does not fit a 24x24 crop"):
+    with pytest.raises(ValueError, match=r"uda.mic_patch=64 does not fit a 24x24 crop"):
         block_mask(1, 24, 24, 64, 0.7)
-    with pytest.raises(ValueError, match=r"uda.mic_mask_ratio must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"uda.mic_ratio must be in \[0, 1\], got 1.5"):
         block_mask(1, 64, 64, 16, 1.5)
 
 

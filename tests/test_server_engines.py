@@ -19,8 +19,8 @@ from cluda_deploy.config import IMAGENET_MEAN, IMAGENET_STD, get_preset
 from cluda_deploy.inference import segment_image
 from cluda_deploy.labels import cityscapes_label_space
 from cluda_deploy.models import create_segmenter
-from export.sidecar import SIDECAR_FORMAT
-from export.sidecar import write_sidecar as write_export_sidecar
+from cluda_deploy.sidecar import SIDECAR_FORMAT
+from cluda_deploy.sidecar import write_sidecar as write_export_sidecar
 from server.engines import EngineError, load_engine
 from server.engines.base import fit_min_side, resize_batch
 
@@ -59,7 +59,7 @@ class TinyContractModel(nn.Module):
 
 
 def write_sidecar(model_path, backend: str, outputs: list[str], shape: list) -> None:
-    """The export contract's sidecar, written with ``export.sidecar.write_sidecar``."""
+    """The export contract's sidecar, written with ``cluda_deploy.sidecar.write_sidecar``."""
     write_export_sidecar(model_path, {
         "format": SIDECAR_FORMAT, "version": 1, "backend": backend, "precision": "fp32",
         "label_space": cityscapes_label_space().to_dict(),

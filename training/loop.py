@@ -31,7 +31,7 @@ from training.ema import create_teacher, ema_alpha, ema_update
 from training.feature_distance import frozen_encoder
 from training.feed import build_step_loader, domain_dataset, source_picker, validation_pairs
 from training.interrupt import StopRequest
-from training.methods import Networks, SegmenterForward, StepBatch, create_method
+from training.methods import Networks, StepBatch, create_method
 from training.optim import build_optimizer, build_scheduler
 from training.visualize import log_images
 
@@ -110,12 +110,16 @@ def adapt(
     cfg: Config, run_dir: str | Path, resume: bool | str | Path = False, progress: bool = True
 ) -> AdaptResult:
     """Train ``cfg.train.method`` from ``cfg.data.source`` to ``cfg.data.target``; see module doc."""
+    if cfg.train.method == "confeti" and cfg.confeti.stage == 0:  # CONFETI's stages, each a run
+        from training.confeti.schedule import adapt_confeti
+
+        return adapt_confeti(cfg, run_dir, resume, progress)
     run_dir = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
     device, is_main = ctx.device, ctx.is_main
     if is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if device.type == "cpu" and cfg.preset != "demo":
+    if device.type == "cpu" and not cfg.preset.startswith("demo"):
         log.warning("training on the CPU: expect hours per thousand iterations; use a GPU")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -139,8 +143,11 @@ def adapt(
             "folder) or --set uda.fd_lambda=0"
         )
     extra_modules = {name: m.to(device) for name, m in method.trainable_modules().items()}
-    optimizer = build_optimizer(student, cfg.optim)
+    optimizer = build_optimizer(student, cfg.optim, extra_modules=method.optimizer_modules())
     scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.optim)
+    # A method's networks with their own optimizers (CONFETI's translator), stepped with the main one
+    state_modules = {name: m.to(device) for name, m in method.state_modules().items()}
+    extra_optimizers = method.extra_optimizers()
     use_scaler = device.type == "cuda" and cfg.train.amp == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -155,6 +162,9 @@ def adapt(
         student.load_state_dict(data["state_dict"])
         for name, module in extra_modules.items():
             module.load_state_dict(state["extra_modules"][name])
+        _restore_state_modules(data, resume_path, state_modules)
+        for name, extra in extra_optimizers.items():
+            extra.load_state_dict(state["extra_optimizers"][name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -167,7 +177,7 @@ def adapt(
         (run_dir / "config.json").write_text(cfg.to_json())
 
     # --- networks: DDP gives every rank rank 0's student; teacher and frozen encoder copy it
-    student_forward = wrap_ddp(SegmenterForward(student), ctx)
+    student_forward = wrap_ddp(method.student_forward(student), ctx)
     teacher = create_teacher(student) if method.uses_teacher else None
     imnet_backbone = frozen_encoder(student.backbone) if method.uses_imnet else None
     if data is not None:
@@ -204,6 +214,7 @@ def adapt(
                 "best_miou": best_miou,
                 "history": history,
                 "extra_modules": {n: m.state_dict() for n, m in extra_modules.items()},
+                "extra_optimizers": {n: o.state_dict() for n, o in extra_optimizers.items()},
                 "imnet_backbone": None if imnet_backbone is None else imnet_backbone.state_dict(),
             }
         ckpt = build_checkpoint(
@@ -215,6 +226,7 @@ def adapt(
             training_state=training_state,
             mean=mean,
             std=std,
+            modules={n: m.state_dict() for n, m in state_modules.items()},
         )
         return atomic_save(ckpt, run_dir / "checkpoints" / f"{name}.pt")
 
@@ -257,11 +269,15 @@ def adapt(
                     target_images=None if target is None else target.to(device, non_blocking=True),
                 )
                 optimizer.zero_grad(set_to_none=True)
+                for extra in extra_optimizers.values():
+                    extra.zero_grad(set_to_none=True)
                 with autocast_context(device, cfg.train.amp):
                     out = method.step(nets, batch, iteration)
                 total = torch.stack([v.float() for v in out.losses.values()]).sum()
                 scaler.scale(total).backward()
                 scaler.step(optimizer)
+                for extra in extra_optimizers.values():  # before update(): one scale for all
+                    scaler.step(extra)
                 scaler.update()
                 scheduler.step()
                 if teacher is not None:  # the reference's update at the start of the next step
@@ -318,6 +334,19 @@ def adapt(
         history=history,
         interrupted=interrupted,
     )
+
+
+def _restore_state_modules(data: dict, path: Path | None, modules: dict) -> None:
+    """Load a resumed run's ``state_modules`` (translator, EMA heads, prototypes, ...)."""
+    stored = data.get("modules") or {}
+    for name, module in modules.items():
+        if name not in stored:
+            method = data.get("provenance", {}).get("method", "?")
+            raise ValueError(
+                f"{path} has no {name!r} state (written by method {method!r}); resume with that "
+                "method and its config, or start a new run"
+            )
+        module.load_state_dict(stored[name])
 
 
 def _restore_frozen_networks(

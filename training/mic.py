@@ -45,11 +45,11 @@ def block_mask(
     the global RNG of ``device``.
     """
     if not 0 <= ratio <= 1:
-        raise ValueError(f"uda.mic_mask_ratio must be in [0, 1], got {ratio}")
+        raise ValueError(f"uda.mic_ratio must be in [0, 1], got {ratio}")
     cells = (round(height / block_size), round(width / block_size))
     if block_size < 1 or min(cells) < 1:
         raise ValueError(
-            f"uda.mic_block_size={block_size} does not fit a {height}x{width} crop: use a block "
+            f"uda.mic_patch={block_size} does not fit a {height}x{width} crop: use a block "
             f"of at most {2 * min(height, width)} px (MIC: 64 for 1024 crops, 32 for 512)"
         )
     draw_device = generator.device if generator is not None else device

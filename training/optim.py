@@ -5,6 +5,8 @@ Reference: research/cluda.md section 2.9 (configs/_base_/schedules/adamw.py, mmc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -13,16 +15,37 @@ from cluda_deploy.config import OptimConfig
 NO_DECAY_KEYS = ("norm", "pos_block")
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+def named_trainable_parameters(
+    model: nn.Module, extra_modules: Mapping[str, nn.Module] | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of ``model`` and of each ``extra_modules[key]`` as ``key.name``.
+
+    Extra modules are a method's trainable heads (``UDAMethod.optimizer_modules``), named as the
+    reference names them (CLUDA's weighting head is ``decode_head.feat_weighter``), so the key
+    rules below apply to them as to the segmenter. Frozen and repeated parameters are left out.
+    """
+    named, seen = [], set()
+    sources = [("", model), *sorted((extra_modules or {}).items())]
+    for prefix, module in sources:
+        for name, param in module.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            named.append((f"{prefix}.{name}" if prefix else name, param))
+    return named
+
+
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, extra_modules: Mapping[str, nn.Module] | None = None
+) -> list[dict]:
     """Split parameters as mmcv's ``paramwise_cfg.custom_keys`` does for DAFormer.
 
     Names containing ``head`` get ``lr * head_lr_mult``; names containing ``norm`` or
-    ``pos_block`` get no weight decay. Frozen parameters are left out.
+    ``pos_block`` get no weight decay. Frozen parameters are left out. ``extra_modules``: see
+    :func:`named_trainable_parameters`.
     """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
+    for name, param in named_trainable_parameters(model, extra_modules):
         is_head = "head" in name
         no_decay = any(key in name for key in NO_DECAY_KEYS)
         groups.setdefault((is_head, no_decay), []).append(param)
@@ -39,10 +62,16 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return out
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    cfg: OptimConfig,
+    fused: bool = False,
+    extra_modules: Mapping[str, nn.Module] | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` of ``model`` and the method's ``extra_modules``."""
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(
-        param_groups(model, cfg),
+        param_groups(model, cfg, extra_modules),
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         weight_decay=cfg.weight_decay,

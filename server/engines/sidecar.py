@@ -1,6 +1,6 @@
 """The JSON sidecar every exported model carries (``<artefact file name>.json``).
 
-Read and validated by ``export.sidecar.read_sidecar`` (the one reader of that contract, which
+Read and validated by ``cluda_deploy.sidecar.read_sidecar`` (the one reader of that contract, which
 also checks the artefact's sha256); a bad sidecar becomes an :class:`EngineError` here.
 """
 
@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 
 from cluda_deploy.labels import LabelSpace
+from cluda_deploy.sidecar import SidecarError, read_sidecar
 from server.engines.base import EngineError, EngineInfo, max_softmax
 
 
 def read_model_sidecar(model_path: str | Path) -> dict[str, Any]:
     """The validated sidecar of ``model_path`` as a dict."""
-    from export.sidecar import SidecarError, read_sidecar
-
     try:
         return read_sidecar(model_path)
     except SidecarError as exc:

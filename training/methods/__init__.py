@@ -11,6 +11,7 @@ from collections.abc import Callable
 from cluda_deploy.config import Config
 from training.methods.base import Networks, SegmenterForward, StepBatch, StepOutput, UDAMethod
 from training.methods.cluda import CLUDA
+from training.methods.confeti import Confeti
 from training.methods.dacs import DACS
 from training.methods.source_only import SourceOnly
 
@@ -18,6 +19,7 @@ METHODS: dict[str, Callable[[Config], UDAMethod]] = {
     "source-only": SourceOnly,
     "dacs": DACS,
     "cluda": CLUDA,
+    "confeti": Confeti,
 }
 
 

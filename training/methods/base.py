@@ -78,3 +78,25 @@ class UDAMethod:
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Extra modules with parameters the optimizer must train (e.g. a style generator)."""
         return {}
+
+    def optimizer_modules(self) -> dict[str, nn.Module]:
+        """The trainable modules the segmenter's AdamW steps together with the student, named
+        ``{key}.{parameter}`` for its head/no-decay rules (training/optim.py). By default all of
+        :meth:`trainable_modules`; a method leaves out a module that has an optimizer of its own."""
+        return self.trainable_modules()
+
+    def student_forward(self, segmenter: nn.Module) -> nn.Module:
+        """The module the loop calls (and DDP wraps) as ``nets.student``; a
+        :class:`SegmenterForward` unless the method needs another view of the student (HRDA)."""
+        return SegmenterForward(segmenter)
+
+    def state_modules(self) -> dict[str, nn.Module]:
+        """Modules outside the segmenter's optimizer whose state a checkpoint keeps (top-level
+        ``modules``) and ``--resume`` restores: e.g. a translator with its own optimizer, EMA
+        copies of heads, prototype buffers. The loop moves them to the device."""
+        return {}
+
+    def extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers the loop steps after the segmenter's, over ``state_modules`` parameters;
+        built after those modules are on the device. Their state is saved for ``--resume``."""
+        return {}

@@ -104,22 +104,32 @@ class Confeti(DACS):
             self.load_translator(conf.generator)
         if not self.train_style:
             self.style.requires_grad_(False).eval()
+        self.style_optimizer: torch.optim.Optimizer | None = None
 
     # ----------------------------------------------------------------- modules and optimizers
 
     def trainable_modules(self) -> dict[str, nn.Module]:
-        """Heads (trained with the student), translator (its own Adam in stage 1, frozen in 2)."""
-        return {"confeti_heads": self.heads, STYLE_MODULE: self.style}
+        """The CAM and projection heads and ``reg_proj``: trained by the segmenter's AdamW (the
+        reference's mmseg optimizer, lr x10 for 'head' and 'reg_proj')."""
+        return {"confeti_heads": self.heads}
 
     def state_modules(self) -> dict[str, nn.Module]:
-        """Untrained state that a resumed run needs: the heads' EMA copies and the prototypes."""
-        return {"confeti_ema_heads": self.ema_heads, "confeti_prototypes": self.prototypes}
+        """The translator (its own Adam in stage 1, frozen in stage 2), the heads' EMA copies and
+        the prototypes: saved in every checkpoint's ``modules`` and restored by ``--resume``."""
+        return {
+            STYLE_MODULE: self.style,
+            "confeti_ema_heads": self.ema_heads,
+            "confeti_prototypes": self.prototypes,
+        }
 
     def extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Stage 1: CUT's Adam over G, D and F (built once, after the loop moved them)."""
         if not self.train_style:
             return {}
-        s = self.conf.style
-        return {"style": build_style_optimizer(self.style, s.lr, tuple(s.betas))}
+        if self.style_optimizer is None:
+            s = self.conf.style
+            self.style_optimizer = build_style_optimizer(self.style, s.lr, tuple(s.betas))
+        return {"style": self.style_optimizer}
 
     def load_translator(self, path: str) -> None:
         """Start from (stage 1) or freeze (stage 2) the translator in ``path``: a cluda checkpoint
