@@ -79,13 +79,13 @@ class DACS(UDAMethod):
 
     # ----------------------------------------------------------------- the student's passes
 
-    def feature_weighter(self) -> nn.Module | None:
+    def weighting_head(self) -> nn.Module | None:
         """A training-only head the HRDA forward also runs (CLUDA's ``feat_weighter``)."""
         return None
 
     def student_forward(self, segmenter: nn.Module) -> nn.Module:
         if self.hrda:
-            return HRDATrainForward(segmenter, self.feature_weighter())
+            return HRDATrainForward(segmenter, self.weighting_head())
         return super().student_forward(segmenter)
 
     def forward_student(
