@@ -8,6 +8,15 @@ the interpreter and libraries, about 0.5 GB, and is therefore an upper bound).
 
     PYTHONPATH=. python bench/train_step.py --preset cluda-daformer-mitb5 --crop 512 --iters 10
     PYTHONPATH=. python bench/train_step.py --crop 128 --iters 3 --warmup 1   # CPU-sized
+    PYTHONPATH=. python bench/train_step.py --preset cluda-hrda-mitb5 --crop 1024 \
+        --methods dacs,cluda,cluda+mic                                   # HRDA (GPU, paper sizes)
+
+A method ``NAME+mic`` adds MIC's masked target loss (``uda.mic=true``). HRDA presets train
+multi-resolution (context view + detail crop per pass, the teacher's full HRDA inference).
+``confeti`` times its joint stage 1 (segmenter + translator, every term on; ``--set
+confeti.stage=2`` for the frozen-translator stage):
+
+    PYTHONPATH=. python bench/train_step.py --preset confeti-dlv2-r101 --methods confeti --crop 512
 """
 
 from __future__ import annotations
@@ -55,21 +64,31 @@ def measure(preset: str, method_name: str, crop: int, batch: int, iters: int, wa
     from training.ema import create_teacher, ema_alpha, ema_update
     from training.feature_distance import frozen_encoder
     from training.loop import autocast_context
-    from training.methods import Networks, SegmenterForward, StepBatch, create_method
+    from training.methods import Networks, StepBatch, create_method
     from training.optim import build_optimizer
 
-    cfg = resolve_config(preset, [f"train.method={method_name}", f"data.crop_size={crop}x{crop}",
-                                  *overrides])  # fmt: skip
+    base, mic = method_name.removesuffix("+mic"), method_name.endswith("+mic")
+    # CONFETI: the joint stage (=2 via --set), with every iteration-gated term on from step 0
+    confeti = ["confeti.stage=1", "confeti.contrast_start=-1", "confeti.cam_mix_start=-1",
+               "confeti.proto_warmup_iters=-1"] if base == "confeti" else []  # fmt: skip
+    cfg = resolve_config(preset, [f"train.method={base}", f"data.crop_size={crop}x{crop}",
+                                  f"uda.mic={mic}", *confeti, *overrides])  # fmt: skip
     device = pick_device(device_name)
     torch.manual_seed(0)
     student = create_segmenter(cfg.model).to(device).train()
-    method = create_method(method_name, cfg)
+    method = create_method(base, cfg)
+    for module in method.trainable_modules().values():  # CLUDA's weighting head on HRDA
+        module.to(device)
+    for module in method.state_modules().values():  # CONFETI's translator, EMA heads, prototypes
+        module.to(device)
+    extra_optimizers = list(method.extra_optimizers().values())  # CONFETI's translator Adam
     nets = Networks(
-        SegmenterForward(student),
+        method.student_forward(student),
         create_teacher(student) if method.uses_teacher else None,
         frozen_encoder(student.backbone) if method.uses_imnet else None,
     )
-    optimizer = build_optimizer(student, cfg.optim, fused=device.type == "cuda")
+    optimizer = build_optimizer(student, cfg.optim, fused=device.type == "cuda",
+                                extra_modules=method.optimizer_modules())  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -85,10 +104,14 @@ def measure(preset: str, method_name: str, crop: int, batch: int, iters: int, wa
         sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
+        for extra in extra_optimizers:
+            extra.zero_grad(set_to_none=True)
         with autocast_context(device, cfg.train.amp):
             out = method.step(nets, batch_data, i)
         torch.stack([v.float() for v in out.losses.values()]).sum().backward()
         optimizer.step()
+        for extra in extra_optimizers:
+            extra.step()
         if nets.teacher is not None:
             ema_update(nets.teacher, student, ema_alpha(i + 1, cfg.uda.ema_alpha))
         sync()
@@ -103,6 +126,7 @@ def measure(preset: str, method_name: str, crop: int, batch: int, iters: int, wa
     return {
         "method": method_name, "preset": preset, "crop": crop, "batch": batch,
         "backbone": cfg.model.backbone, "embed_dim": cfg.model.embed_dim,
+        "hrda": cfg.model.hrda.enabled, "detail_crop": cfg.model.hrda.detail_crop_size,
         "cl_grid": cfg.uda.cl_grid, "amp": cfg.train.amp if device.type == "cuda" else "off",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "median_s_per_iter": statistics.median(times),

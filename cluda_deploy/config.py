@@ -401,6 +401,7 @@ def _demo() -> Config:
         fd_lambda=0.0, cl_grid=(16, 16), cl_chunk_size=512,
     )  # fmt: skip
     cfg.eval = EvalConfig(mode="whole", scale=None)
+    cfg.confeti = _demo_confeti_section()  # read only by --method confeti
     return cfg
 
 
@@ -461,19 +462,24 @@ def _confeti_dlv2_r101_1stage() -> Config:
 
 @register_preset("demo-confeti")
 def _demo_confeti() -> Config:
-    """CONFETI on the demo domains: the demo model, a tiny translator, two short stages on CPU."""
+    """CONFETI on the demo domains: the demo model, a tiny translator, two short stages on CPU
+    (the same as ``--preset demo --method confeti``)."""
     cfg = _demo()
     cfg.preset = "demo-confeti"
     cfg.train.method = "confeti"
-    # The reference's iteration gates (2000/3000 of 80000) scaled to a few hundred iterations;
-    # 64-d prototypes on the 64-channel fused map; a translator with 8/16/32 channels.
-    cfg.confeti = ConfetiConfig(
+    return cfg
+
+
+def _demo_confeti_section() -> ConfetiConfig:
+    """CONFETI at demo size: the reference's iteration gates (2000/3000 of 80000) scaled to a few
+    hundred iterations, 64-d prototypes on the demo's 64-channel fused map, a translator with
+    8/16/32 channels and 2 residual blocks, a 200-iteration stage 1 on 128x128 crops."""
+    return ConfetiConfig(
         stage1_iters=200, stage1_crop_size=(128, 128), proto_dim=64, proto_warmup_iters=30,
         cam_mix_start=20, contrast_start=30,
         style=StyleConfig(ngf=8, n_blocks=2, ndf=8, mlp_channels=32, nce_layers=(0, 4, 8, 12, 13),
                           num_patches=64),
     )  # fmt: skip
-    return cfg
 
 
 def preset_names() -> list[str]:

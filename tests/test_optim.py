@@ -53,3 +53,26 @@ def test_scheduler_drives_group_lrs():
     head = next(g for g in opt.param_groups if g["name"] == "head")
     assert head["lr"] == pytest.approx(6e-4 * (1 - 5 / 10))
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_method_modules_join_the_groups_under_their_reference_names():
+    model = Toy()
+    weighter = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    shared = nn.ModuleDict({"again": model.decode_head})  # already in the model: counted once
+    cfg = OptimConfig()
+    groups = {
+        g["name"]: g
+        for g in param_groups(model, cfg, {"decode_head.feat_weighter": weighter, "x": shared})
+    }
+    head_ids = {id(p) for p in groups["head"]["params"]}
+    # 'head' in 'decode_head.feat_weighter.0.weight': lr x10, as mmcv's custom_keys in CLUDA
+    assert {id(weighter[0].weight), id(weighter[0].bias)} <= head_ids
+    assert groups["head"]["lr"] == pytest.approx(6e-4) and groups["head"]["weight_decay"] == 0.01
+    # '...feat_weighter.1.weight' has no 'norm' in its name: decay like any head weight
+    assert {id(weighter[1].weight)} <= head_ids
+    assert sum(len(g["params"]) for g in groups.values()) == 6 + 4
+    opt = build_optimizer(model, cfg, extra_modules={"decode_head.feat_weighter": weighter})
+    stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in stepped for p in weighter.parameters())
+    plain = {g["name"]: g for g in param_groups(model, cfg, {"style": nn.Linear(2, 2)})}
+    assert len(plain["backbone"]["params"]) == 2 + 2  # no 'head' in the name: base lr

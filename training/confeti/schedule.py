@@ -16,11 +16,16 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
-import torch
-
+from cluda_deploy.checkpoint import read_checkpoint
 from cluda_deploy.config import Config
+
+log = logging.getLogger("cluda.adapt")
+# Stage 1 of the two-stage schedule writes here, inside the run directory; stage 2 in the run
+# directory itself, so its checkpoints are the run's (evaluate/export/serve take them unchanged).
+STAGE1_DIR = "stage1"
 
 
 def stage_config(cfg: Config, stage: int, generator: str | Path | None = None) -> Config:
@@ -36,15 +41,18 @@ def stage_config(cfg: Config, stage: int, generator: str | Path | None = None) -
 
 
 def _finished(latest: Path, iters: int) -> bool:
+    """Whether the stage whose ``latest.pt`` this is ran all ``iters`` iterations."""
     if not latest.is_file():
         return False
-    data = torch.load(latest, map_location="cpu", weights_only=True)
-    return int(data.get("training_state", {}).get("iteration", -1)) >= iters
+    state = read_checkpoint(latest).get("training_state") or {}
+    return int(state.get("iteration", -1)) >= iters
 
 
-def adapt_confeti(cfg: Config, run_dir: str | Path, resume: bool | str | Path = False,
-                  progress: bool = True):  # fmt: skip
-    """Run ``cfg``'s whole CONFETI schedule; returns the last stage's ``AdaptResult``."""
+def adapt_confeti(
+    cfg: Config, run_dir: str | Path, resume: bool | str | Path = False, progress: bool = True
+):
+    """Run ``cfg``'s whole CONFETI schedule; returns the last stage's ``AdaptResult`` (or the
+    interrupted stage's, which a later ``resume=True`` continues)."""
     from training.loop import adapt
 
     if cfg.confeti.stages not in (1, 2):
@@ -58,12 +66,18 @@ def adapt_confeti(cfg: Config, run_dir: str | Path, resume: bool | str | Path = 
             "continue); to resume one stage from a file, set confeti.stage=1 or 2"
         )
     first = stage_config(cfg, 1)
-    stage1_dir = run_dir / "stage1"
+    stage1_dir = run_dir / STAGE1_DIR
     stage1_latest = stage1_dir / "checkpoints" / "latest.pt"
+    if resume and not stage1_latest.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {stage1_latest} does not exist; start without --resume or pass the "
+            "run directory of a two-stage CONFETI run"
+        )
     if not (resume and _finished(stage1_latest, first.train.iters)):
-        result = adapt(first, stage1_dir, bool(resume and stage1_latest.is_file()), progress)
+        result = adapt(first, stage1_dir, resume, progress)
         if result.interrupted:
             return result
     second = stage_config(cfg, 2, generator=stage1_latest)
+    log.info("CONFETI stage 2: a fresh segmenter with the frozen generator of %s", stage1_latest)
     stage2_resume = bool(resume and (run_dir / "checkpoints" / "latest.pt").is_file())
     return adapt(second, run_dir, stage2_resume, progress)

@@ -54,7 +54,7 @@ def stylize_array(
             f"image of {width}x{height} px is too small for the translator (sides >= "
             f"{GENERATOR_MIN_SIDE} px); use a larger image or a larger --scale"
         )
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    x = torch.tensor(image, device=device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     pad_h, pad_w = (-height) % GENERATOR_MULTIPLE, (-width) % GENERATOR_MULTIPLE
     if pad_h or pad_w:
         mode = "reflect" if min(height, width) > GENERATOR_MULTIPLE else "replicate"

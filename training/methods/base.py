@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cluda_deploy.models.hrda import HRDASegmenter
+
 
 @dataclass
 class StepBatch:
@@ -88,6 +90,11 @@ class UDAMethod:
     def student_forward(self, segmenter: nn.Module) -> nn.Module:
         """The module the loop calls (and DDP wraps) as ``nets.student``; a
         :class:`SegmenterForward` unless the method needs another view of the student (HRDA)."""
+        if isinstance(segmenter, HRDASegmenter):
+            raise ValueError(
+                f"method {self.name!r} does not train HRDA models (model.hrda.enabled): use "
+                "--method dacs or --method cluda, or --set model.hrda.enabled=false"
+            )
         return SegmenterForward(segmenter)
 
     def state_modules(self) -> dict[str, nn.Module]:

@@ -85,6 +85,8 @@ class Confeti(DACS):
                 f"confeti.stage={conf.stage} runs no single stage; 'cluda adapt' runs the whole "
                 f"schedule with confeti.stage=0, or set it to one of {STAGES}"
             )
+        if cfg.uda.mic:
+            raise ValueError("MIC is not implemented with CONFETI; set uda.mic=false (no --mic)")
         if cfg.model.hrda.enabled:
             raise ValueError("CONFETI is implemented for single-scale segmenters; set "
                              "model.hrda.enabled=false")  # fmt: skip
@@ -221,7 +223,7 @@ class Confeti(DACS):
         images = {
             "source_logits": source_logits, "pseudo_label": target_labels,
             "mixed_image": mixed_images, "mixed_label": mixed_labels, "mixed_logits": mixed_logits,
-            "stylised_source": source_images,
+            "stylised_source_image": source_images,
         }  # fmt: skip
         return StepOutput(losses=losses, scalars={"pseudo_weight": quality}, images=images)
 
