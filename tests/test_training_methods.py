@@ -26,9 +26,9 @@ def setup(method: str, **sets):
     return cfg, student, nets, batch
 
 
-def test_registry_lists_the_three_methods():
-    assert method_names() == ["cluda", "dacs", "source-only"]
-    with pytest.raises(ValueError, match="known methods: cluda, dacs, source-only"):
+def test_registry_lists_the_four_methods():
+    assert method_names() == ["cluda", "confeti", "dacs", "source-only"]
+    with pytest.raises(ValueError, match="known methods: cluda, confeti, dacs, source-only"):
         create_method("mic", resolve_config("demo"))
 
 
