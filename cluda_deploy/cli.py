@@ -306,7 +306,7 @@ def presets() -> None:
 @main.command()
 @click.option("--data-root", type=click.Path(file_okay=False), default="data/demo", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--method", default=None, help="UDA method (default: the demo preset's).")
+@click.option("--method", default=None, help="UDA method: source-only, dacs (the demo preset's default), cluda, confeti.")
 @click.option("--iters", type=int, default=None, help="Training iterations (default: the preset's).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("-q", "--quiet", is_flag=True)

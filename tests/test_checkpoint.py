@@ -43,7 +43,7 @@ def test_round_trip_rebuilds_identical_model(demo_checkpoint):
         torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
     assert info.config == get_preset("demo")
     assert info.label_space.num_classes == 19 and info.label_space.class_names[0] == "road"
-    assert info.provenance["iteration"] == 7 and info.provenance["method"] == "source-only"
+    assert info.provenance["iteration"] == 7 and info.provenance["method"] == "dacs"
     assert info.mean == pytest.approx((123.675, 116.28, 103.53))
 
 

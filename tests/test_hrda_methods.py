@@ -179,7 +179,17 @@ def test_mic_on_a_single_scale_model():
     assert 0 < blanked.float().mean() < 1
 
 
-def test_source_only_refuses_an_hrda_model_with_the_fix():
+def test_source_only_on_hrda_trains_the_multiresolution_loss():
     cfg = resolve_config("demo-hrda", ["train.method=source-only"])
-    with pytest.raises(ValueError, match="does not train HRDA models .* --method dacs"):
-        create_method("source-only", cfg).student_forward(create_segmenter(cfg.model))
+    method = create_method("source-only", cfg)
+    torch.manual_seed(0)
+    student = create_segmenter(cfg.model)
+    forward = method.student_forward(student)
+    assert isinstance(forward, HRDATrainForward) and not method.uses_teacher
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
+    out = method.step(Networks(forward), StepBatch(images, labels, None), iteration=0)
+    assert set(out.losses) == {"source_ce", "source_detail_ce"}
+    sum(out.losses.values()).backward()
+    # the scale attention only gets a gradient through the fused prediction
+    attention_grads = [p.grad for n, p in student.named_parameters() if "scale_attention" in n]
+    assert attention_grads and all(g is not None and g.abs().sum() > 0 for g in attention_grads)
