@@ -93,7 +93,7 @@ def test_default_presets_are_cluda_on_hrda_and_mic_is_a_flag():
 
 
 def test_mic_without_self_training_is_a_one_line_error():
-    result = CliRunner().invoke(main, ["adapt", "--preset", "demo", "--mic", "--dry-run"])
+    result = CliRunner().invoke(main, ["adapt", "--preset", "demo", "--method", "source-only", "--mic", "--dry-run"])
     assert result.exit_code != 0
     assert "--mic (uda.mic) needs a self-training method, not 'source-only'" in result.output
     assert "Traceback" not in result.output
