@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
+import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -307,8 +308,23 @@ def export_model(
     return run.result
 
 
+class OnnxRuntimeMissing(RuntimeError):
+    """Neither onnxruntime nor onnxruntime-gpu is installed: nothing can verify an export."""
+
+
+def require_onnxruntime() -> None:
+    """Raise :class:`OnnxRuntimeMissing` with the install command when ``onnxruntime`` is absent
+    (both the CPU and the GPU wheel provide that module)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise OnnxRuntimeMissing(
+            "onnxruntime is not installed, and every export is verified with it: "
+            "pip install -c constraints.txt -e '.[cpu]' (or '.[gpu]' on a CUDA machine)"
+        )
+
+
 def _check_requests(options: ExportOptions) -> list[Path] | None:
-    """Fail before the slow work: missing calibration images, TensorRT absent."""
+    """Fail before the slow work: no onnxruntime, missing calibration images, TensorRT absent."""
+    require_onnxruntime()
     calib = None
     if options.int8:
         if options.calib is None:
