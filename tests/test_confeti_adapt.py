@@ -16,6 +16,7 @@ from cluda_deploy.cli import main
 from cluda_deploy.config import resolve_config
 from cluda_deploy.labels import label_space_for_source
 from cluda_deploy.models import create_segmenter
+from tests.checkpoint_asserts import assert_same_weights
 from training.confeti.generator_io import STYLE_MODULE
 from training.loop import adapt
 from training.methods.confeti import Confeti
@@ -39,9 +40,7 @@ def style_keys(ckpt: dict) -> set[str]:
 
 
 def assert_same_run(a: dict, b: dict) -> None:
-    for key in ("state_dict", "teacher_state_dict"):
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), (key, name)
+    assert_same_weights(a, b)
     for module, state in a["modules"].items():
         for name, value in state.items():
             assert torch.equal(value, b["modules"][module][name]), (module, name)

@@ -14,6 +14,7 @@ from cluda_deploy.checkpoint import load_segmenter, read_checkpoint
 from cluda_deploy.cli import main
 from cluda_deploy.config import resolve_config
 from cluda_deploy.models import HRDASegmenter
+from tests.checkpoint_asserts import assert_same_weights
 from training.loop import adapt
 from training.methods.cluda import CLUDA, FEAT_WEIGHTER
 
@@ -46,9 +47,7 @@ def test_adapt_resume_and_evaluate_multires(tiny_demo_root, tmp_path, monkeypatc
     assert resumed.iterations == 4
 
     a, b = read_checkpoint(straight.latest), read_checkpoint(resumed.latest)
-    for key in ("state_dict", "teacher_state_dict"):
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), (key, name)
+    assert_same_weights(a, b)
     # the learned weighting head trains with the student, outside the inference weights
     weighter_a = a["training_state"]["extra_modules"][FEAT_WEIGHTER]
     weighter_b = b["training_state"]["extra_modules"][FEAT_WEIGHTER]

@@ -10,6 +10,7 @@ import torch
 
 from cluda_deploy.checkpoint import load_segmenter, read_checkpoint
 from cluda_deploy.config import resolve_config
+from tests.checkpoint_asserts import assert_same_weights
 from training.feed import StepBatchSampler, uniform_picker
 from training.loop import adapt
 from training.methods.cluda import CLUDA
@@ -104,9 +105,7 @@ def test_cluda_ctrl_c_saves_after_the_step_and_resume_is_bit_exact(
     resumed = adapt(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.iterations == 4
     a, b = read_checkpoint(straight.latest), read_checkpoint(resumed.latest)
-    for key in ("state_dict", "teacher_state_dict"):
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), (key, name)
+    assert_same_weights(a, b)
     for name, value in a["training_state"]["imnet_backbone"].items():
         assert torch.equal(value, b["training_state"]["imnet_backbone"][name]), name
     assert [h["mIoU"] for h in resumed.history] == [h["mIoU"] for h in straight.history]
