@@ -33,8 +33,6 @@ import torch
 from torch import nn
 
 from cluda_deploy.config import IMAGENET_MEAN, IMAGENET_STD, Config
-from training.augment import strong_augment
-from training.classmix import class_masks, mix
 from training.confeti.consistency import consistency_term
 from training.confeti.generator_io import (
     GENERATOR_PREFIX,
@@ -170,15 +168,9 @@ class Confeti(DACS):
 
         # 3-4. pseudo-labels, ClassMix of the stylised source into the target, augmentation
         target_labels, target_weight, quality = self.pseudo_label(nets.teacher, batch.target_images)
-        masks = class_masks(batch.source_labels)
-        mixed_images = strong_augment(
-            mix(masks, source_images, batch.target_images), IMAGENET_MEAN, IMAGENET_STD,
-            color_jitter_prob=uda.color_jitter_prob,
-            color_jitter_strength=uda.color_jitter_strength,
-            blur_prob=uda.blur_prob, blur_sigma=tuple(uda.blur_sigma),
-        )  # fmt: skip
-        mixed_labels = mix(masks, batch.source_labels, target_labels)
-        mixed_weight = mix(masks, torch.ones_like(target_weight), target_weight)
+        masks, mixed_images, mixed_labels, mixed_weight = self.class_mix(
+            source_images, batch.source_labels, batch.target_images, target_labels, target_weight
+        )
 
         # 5. prototypes from the EMA teacher's view of the mixed images
         self.update_prototypes(nets.teacher, mixed_images, mixed_labels, masks, iteration)

@@ -109,6 +109,25 @@ class DACS(UDAMethod):
         fused, detail = hrda_seg_loss(out.views, labels, weight, self.uda.hrda_detail_loss_weight)
         return {"ce": fused, "detail_ce": detail}
 
+    def class_mix(
+        self, source_images: torch.Tensor, source_labels: torch.Tensor,
+        target_images: torch.Tensor, target_labels: torch.Tensor, target_weight: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """ClassMix of half the source classes onto the target (images (B, 3, H, W), labels and
+        pixel weights (B, H, W); source pixels weigh 1), then the strong augmentation of the
+        mixed images. Returns ``(masks, mixed_images, mixed_labels, mixed_weight)``."""
+        uda = self.uda
+        masks = class_masks(source_labels)
+        mixed_images = strong_augment(
+            mix(masks, source_images, target_images), IMAGENET_MEAN, IMAGENET_STD,
+            color_jitter_prob=uda.color_jitter_prob,
+            color_jitter_strength=uda.color_jitter_strength,
+            blur_prob=uda.blur_prob, blur_sigma=tuple(uda.blur_sigma),
+        )  # fmt: skip
+        mixed_labels = mix(masks, source_labels, target_labels)
+        mixed_weight = mix(masks, torch.ones_like(target_weight), target_weight)
+        return masks, mixed_images, mixed_labels, mixed_weight
+
     def entropy_crop(self, iteration: int) -> bool:
         """CLUDA's entropy-guided detail crop for the mixed pass: HRDA, after the start."""
         start = self.uda.hrda_entropy_crop_start
@@ -130,15 +149,10 @@ class DACS(UDAMethod):
         losses.update(self.source_terms(source, batch.source_labels))
 
         target_labels, target_weight, quality = self.pseudo_label(nets.teacher, batch.target_images)
-        masks = class_masks(batch.source_labels)
-        mixed_images = strong_augment(
-            mix(masks, batch.source_images, batch.target_images), IMAGENET_MEAN, IMAGENET_STD,
-            color_jitter_prob=uda.color_jitter_prob,
-            color_jitter_strength=uda.color_jitter_strength,
-            blur_prob=uda.blur_prob, blur_sigma=tuple(uda.blur_sigma),
+        masks, mixed_images, mixed_labels, mixed_weight = self.class_mix(
+            batch.source_images, batch.source_labels, batch.target_images, target_labels,
+            target_weight,
         )  # fmt: skip
-        mixed_labels = mix(masks, batch.source_labels, target_labels)
-        mixed_weight = mix(masks, torch.ones_like(target_weight), target_weight)
 
         mixed = self.forward_student(nets.student, mixed_images, self.entropy_crop(iteration))
         losses.update(prefixed("mix", self.seg_losses(mixed, mixed_labels, mixed_weight)))
