@@ -58,19 +58,17 @@ def run_demo(
                    info.mean, info.std, progress=progress)
 
     from export.options import ExportOptions
-    from export.pipeline import OnnxRuntimeMissing, export_model, require_onnxruntime
+    from export.pipeline import OnnxRuntimeMissing, export_model
 
+    echo(f"[5/5] export {checkpoint} to ONNX in {out / 'export'}, checked against PyTorch")
+    val_images = default_root(cfg.data.target, cfg.data.root) / "leftImg8bit" / "val"
     onnx_path = None
-    try:
-        require_onnxruntime()
-    except OnnxRuntimeMissing as exc:  # the trained model, scores and predictions are kept
-        echo(f"[5/5] export skipped: {exc}")
-    else:
-        echo(f"[5/5] export {checkpoint} to ONNX in {out / 'export'}, checked against PyTorch")
-        val_images = default_root(cfg.data.target, cfg.data.root) / "leftImg8bit" / "val"
+    try:  # export_model checks for onnxruntime before any work
         exported = export_model(checkpoint, out / "export", ExportOptions(
             data=val_images, max_images=10, generated=2), echo=echo)  # fmt: skip
         onnx_path = str(exported.artefacts["onnx_fp32"])
+    except OnnxRuntimeMissing as exc:  # the trained model, scores and predictions are kept
+        echo(f"  export skipped: {exc}")
     summary = {
         "checkpoint": str(checkpoint),
         "method": cfg.train.method,

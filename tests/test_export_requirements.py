@@ -38,3 +38,16 @@ def test_cli_export_without_onnxruntime_is_one_line(no_onnxruntime, tmp_path):
     assert result.exit_code != 0
     assert "onnxruntime is not installed" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_without_onnxruntime_keeps_its_results(no_onnxruntime, tiny_demo_root, tmp_path):
+    from cluda_deploy.demo_flow import run_demo
+
+    lines: list[str] = []
+    summary = run_demo(tiny_demo_root, tmp_path / "demo", method="source-only", iters=2,
+                       progress=False, echo=lines.append)  # fmt: skip
+    assert summary["onnx"] is None and summary["iterations"] == 2
+    assert any("export skipped: onnxruntime is not installed" in line for line in lines)
+    assert (tmp_path / "demo" / "adapt" / "checkpoints" / "latest.pt").is_file()
+    assert list((tmp_path / "demo" / "predictions").glob("*_overlay.png"))
+    assert not (tmp_path / "demo" / "export").exists()
